@@ -1,0 +1,121 @@
+// prune.h — keep K of an image's N visual tokens.
+//
+// Plain C API, no Python, no allocation visible to the caller: buffers in, buffers out.
+// A LLaVA-1.5 image gives N = 576 CLIP patch tokens on a 24×24 grid; the language model only
+// ever sees the K tokens chosen here.
+//
+// Data layout (all buffers are owned by the caller and never retained after a call returns):
+//   features   float32 [n_tokens × n_dim], row-major; row i is patch i in raster order
+//              (i = row * grid_w + col). Patch tokens only: the [CLS] token is NOT included.
+//   cls_attn   float32 [n_tokens]: attention from [CLS] to each patch (e.g. mean over heads).
+//              May be NULL for methods that do not use it (see dcp_method_needs_cls_attn).
+//   kept_idx   int32   [n_keep]: the patch each output token sits on, strictly ascending.
+//   features   float32 [n_keep × n_dim] (output), row-major, row k belongs to kept_idx[k].
+//   masses     float32 [n_keep]: how many original patches each output token stands for.
+//              1 for pure selection methods; the number of patches in the cell for pool.
+//
+// Thread safety: dcp_prune keeps no global state; concurrent calls on distinct output
+// buffers are safe. Every method is deterministic (random is seeded, see DCP_METHOD_RANDOM).
+//
+// Adding a method: one enum value below (before DCP_METHOD_COUNT), one function and one row
+// in the method table in prune.cpp.
+
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum dcp_method {
+    // No pruning: n_keep must equal n_tokens; output = input, masses 1.
+    DCP_METHOD_FULL = 0,
+    // Grid average pooling (torch.nn.functional.adaptive_avg_pool2d on the feature grid).
+    // The output grid is rows × cols == n_keep with rows = the largest divisor of n_keep that
+    // is <= sqrt(n_keep) and cols = n_keep / rows (16 → 4×4, 32 → 4×8, 7 → 1×7). It must fit
+    // the patch grid: rows <= grid_h and cols <= grid_w, else DCP_STATUS_BAD_N_KEEP (on 24×24
+    // that rejects e.g. a prime n_keep > 24). Cell (r, c) covers patch rows
+    // [floor(r*grid_h/rows), ceil((r+1)*grid_h/rows)) and the same rule for columns, so cells
+    // overlap when the grid is not divisible. Output token = mean of the cell's features,
+    // mass = number of patches in the cell (masses sum to n_tokens exactly when the cells
+    // tile the grid), kept_idx = the cell's centre patch (row (start+end-1)/2, col likewise,
+    // integer division). Output in raster order of cells.
+    DCP_METHOD_POOL = 1,
+    // FasterVLM: the n_keep patches with the largest cls_attn; ties go to the lower index.
+    // Needs cls_attn. Features copied, masses 1.
+    DCP_METHOD_FASTERVLM = 2,
+    // Uniform random subset, reproducible from params.seed. Generator: splitmix64 with
+    //   state = seed;
+    //   next(): state += 0x9E3779B97F4A7C15; z = state;
+    //           z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+    //           z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+    //           return z ^ (z >> 31);          (all arithmetic mod 2^64)
+    // Partial Fisher–Yates over perm = [0, 1, ..., n_tokens-1]:
+    //   for i in 0 .. n_keep-1: j = i + next() % (n_tokens - i); swap(perm[i], perm[j]);
+    // kept_idx = perm[0 .. n_keep-1] sorted ascending. Features copied, masses 1.
+    DCP_METHOD_RANDOM = 3,
+    DCP_METHOD_COUNT, // number of methods; not a method
+};
+
+enum dcp_status {
+    DCP_STATUS_OK = 0,
+    DCP_STATUS_NULL_BUFFER,          // a required pointer (features, or an output buffer) is NULL
+    DCP_STATUS_BAD_SHAPE,            // n_tokens != grid_h * grid_w, or a size < 1
+    DCP_STATUS_BAD_METHOD,           // method is not a dcp_method value
+    DCP_STATUS_BAD_N_KEEP,           // n_keep outside 1..n_tokens, or not allowed by the method
+    DCP_STATUS_NON_FINITE_FEATURES,  // a feature value is NaN or ±Inf
+    DCP_STATUS_NON_FINITE_CLS_ATTN,  // a cls_attn value is NaN or ±Inf
+    DCP_STATUS_MISSING_CLS_ATTN,     // the method needs cls_attn and it is NULL
+};
+
+struct dcp_prune_params {
+    enum dcp_method method;
+    int32_t         n_keep;  // K, the number of output tokens
+    uint64_t        seed;    // used by DCP_METHOD_RANDOM only
+};
+
+// The tokens of one image (borrowed, read-only).
+struct dcp_tokens {
+    const float * features;  // [n_tokens × n_dim]
+    const float * cls_attn;  // [n_tokens] or NULL
+    int32_t       n_tokens;
+    int32_t       n_dim;
+    int32_t       grid_h;    // patch rows
+    int32_t       grid_w;    // patch columns
+};
+
+// Where the result goes (caller-owned, each sized for params.n_keep tokens).
+struct dcp_selection {
+    int32_t * kept_idx;  // [n_keep]
+    float   * features;  // [n_keep × n_dim]
+    float   * masses;    // [n_keep]
+};
+
+// Defaults: method = DCP_METHOD_POOL, n_keep = 16, seed = 0.
+struct dcp_prune_params dcp_prune_params_default(void);
+
+// Selects params.n_keep tokens from `tokens` into `out`.
+// Validates everything before writing: on any status other than DCP_STATUS_OK the output
+// buffers are left untouched. Cost: O(n_tokens × n_dim) for every method.
+enum dcp_status dcp_prune(const struct dcp_tokens * tokens,
+                          struct dcp_prune_params   params,
+                          struct dcp_selection    * out);
+
+// A short English description of a status; never NULL ("unknown status" for unknown values).
+const char * dcp_status_string(enum dcp_status status);
+
+// Lower-case method name ("full", "pool", "fastervlm", "random"); NULL for unknown values.
+const char * dcp_method_name(enum dcp_method method);
+
+// Parses a name from dcp_method_name. Returns DCP_STATUS_BAD_METHOD (and leaves *method
+// untouched) for an unknown or NULL name.
+enum dcp_status dcp_method_from_name(const char * name, enum dcp_method * method);
+
+// Whether the method reads tokens->cls_attn (false for unknown values).
+bool dcp_method_needs_cls_attn(enum dcp_method method);
+
+#ifdef __cplusplus
+}
+#endif

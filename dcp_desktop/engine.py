@@ -45,6 +45,8 @@ class Engine:
         self.llm = llama_cpp.Llama(model_path=str(llm_path), n_ctx=n_ctx, n_threads=n_threads,
                                    n_threads_batch=n_threads, n_gpu_layers=n_gpu_layers, verbose=verbose)
         self.n_embd = self.llm.n_embd()
+        # llama.cpp may round the context up; Llama's input_ids keeps the size asked for.
+        self.n_ctx = min(self.llm.n_ctx(), len(self.llm.input_ids))
         self.eos = self.llm.token_eos()
         self._rng = np.random.default_rng(0)
         self._answered = False  # an answer is in the cache and still needs its closing </s>
@@ -71,10 +73,6 @@ class Engine:
     def n_past(self) -> int:
         """Tokens (text tokens + image rows) in the conversation, prefix included."""
         return self.llm.n_tokens
-
-    @property
-    def n_ctx(self) -> int:
-        return self.llm.n_ctx()
 
     def new_chat(self) -> None:
         """Forget the conversation, keep the cached system prefix."""

@@ -31,14 +31,14 @@ WORDS = (
 VOCAB_SIZE = 1024
 
 
-def tiny_llava(seed: int = 0) -> transformers.LlavaForConditionalGeneration:
+def tiny_llava(seed: int = 0, llm_width: int = 96) -> transformers.LlavaForConditionalGeneration:
     """A random LLaVA-1.5 with real image geometry and tiny widths (float32, eval mode)."""
     torch.manual_seed(seed)
     vision = transformers.CLIPVisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
         image_size=336, patch_size=14, projection_dim=64, hidden_act="quick_gelu", layer_norm_eps=1e-5)
     text = transformers.LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+        vocab_size=VOCAB_SIZE, hidden_size=llm_width, intermediate_size=192, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6)
     config = transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=VOCAB_SIZE - 1,
@@ -51,10 +51,11 @@ def tiny_llava(seed: int = 0) -> transformers.LlavaForConditionalGeneration:
     return model
 
 
-def build(out_dir: str | Path, *, seed: int = 0, dtype: str = "f32") -> tuple[Path, Path]:
-    """Build the random model and export it; returns (llm_path, mmproj_path)."""
+def build(out_dir: str | Path, *, seed: int = 0, dtype: str = "f32", llm_width: int = 96):
+    """Build the random model and export it; returns (transformers model, llm_path, mmproj_path)."""
+    model = tiny_llava(seed, llm_width)
     vocab = spm_vocab(list(WORDS), size=VOCAB_SIZE)
-    return export_llava(tiny_llava(seed), vocab, out_dir, name="tiny-llava", dtype=dtype)
+    return (model, *export_llava(model, vocab, out_dir, name="tiny-llava", dtype=dtype))
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument("--f16", action="store_true", help="store weights in float16 instead of float32")
     args = parser.parse_args()
-    llm, mmproj = build(args.out_dir, seed=args.seed, dtype="f16" if args.f16 else "f32")
+    _, llm, mmproj = build(args.out_dir, seed=args.seed, dtype="f16" if args.f16 else "f32")
     print(f"wrote {llm}\nwrote {mmproj}")
 
 

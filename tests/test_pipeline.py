@@ -1,0 +1,101 @@
+"""End to end on the tiny GGUF pair: pruning reaches the LLM as exactly K rows, the cache is reused
+across turns, and several images fit in one conversation. Counts come from llama.cpp's own KV
+cache (llama_memory_seq_pos_*), not from our bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dcp_desktop.engine import GenerationParams
+from dcp_desktop.errors import InputError
+from dcp_desktop.models import resolve
+from dcp_desktop.pipeline import Pipeline, PipelineOptions
+
+SHORT = GenerationParams(max_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    with Pipeline(resolve(str(tiny.dir), None), PipelineOptions(n_ctx=2048, n_threads=2)) as pipeline:
+        yield pipeline
+
+
+def _turn_tokens(pipe, question: str, images, first_turn: bool) -> int:
+    """Text tokens + image rows one user turn adds, counted from the tokenizer and the arrays."""
+    engine = pipe.engine
+    head = len(engine.tokenize("USER:")) + (0 if first_turn else 1)  # + </s> closing the last answer
+    tail = len(engine.tokenize(("\n" if images else " ") + question + " ASSISTANT:"))
+    return head + sum(len(image.embeddings) for image in images) + tail
+
+
+@pytest.mark.parametrize("method,n_keep,expected_rows", [("fastervlm", 16, 16), ("pool", 16, 16),
+                                                         ("random", 8, 8), ("full", 16, 576)])
+def test_llm_sees_exactly_k_image_rows(tiny, image_path, method, n_keep, expected_rows):
+    options = PipelineOptions(method=method, n_keep=n_keep, n_ctx=2048)
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        image = pipe.encode_image(image_path)
+        assert image.embeddings.shape == (expected_rows, pipe.engine.n_embd)
+        before = pipe.engine.kv_positions()
+        answer = "".join(pipe.ask("What is in the image?", [image], SHORT))
+        assert isinstance(answer, str)
+        added = pipe.engine.kv_positions() - before
+        assert added == _turn_tokens(pipe, "What is in the image?", [image], True) + pipe.turn["decode_tokens"]
+        assert pipe.engine.kv_positions() == pipe.engine.n_past  # Llama.n_tokens agrees with llama.cpp
+
+
+def test_follow_up_reuses_the_cache(pipe, image_path):
+    pipe.new_chat()
+    assert pipe.engine.kv_positions() == pipe.engine.n_prefix  # the system prompt stays cached
+    image = pipe.encode_image(image_path)
+    "".join(pipe.ask("What is in the image?", [image], SHORT))
+    after_first = pipe.engine.kv_positions()
+    "".join(pipe.ask("how many?", [], SHORT))
+    # Only the follow-up's text and answer were decoded: the image rows were not sent again.
+    assert pipe.engine.kv_positions() - after_first == _turn_tokens(pipe, "how many?", [], False) \
+        + pipe.turn["decode_tokens"]
+
+
+def test_several_images_in_one_conversation(pipe, image_path, tmp_path):
+    from PIL import Image
+    second = tmp_path / "gray.png"
+    Image.fromarray(np.full((100, 200), 128, dtype=np.uint8)).save(second)
+    pipe.new_chat()
+    images = [pipe.encode_image(image_path), pipe.encode_image(second)]
+    before = pipe.engine.kv_positions()
+    "".join(pipe.ask("compare them", images, SHORT))
+    assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, "compare them", images, True) \
+        + pipe.turn["decode_tokens"]
+    "".join(pipe.ask("and the third?", [pipe.encode_image(image_path)], SHORT))  # an image mid-chat
+
+
+def test_generation_is_deterministic_and_streams(pipe, image_path):
+    image = pipe.encode_image(image_path)
+    answers = []
+    for _ in range(2):
+        pipe.new_chat()
+        answers.append(list(pipe.ask("What is in the image?", [image], GenerationParams(max_tokens=6))))
+    assert answers[0] == answers[1]
+    assert pipe.turn["first_token"] is None or pipe.turn["first_token"] >= pipe.turn["prefill"]
+
+
+def test_stopping_early_keeps_the_conversation_usable(pipe, image_path):
+    pipe.new_chat()
+    stream = pipe.ask("What is in the image?", [pipe.encode_image(image_path)], GenerationParams(max_tokens=50))
+    next(stream, None)
+    stream.close()  # what the GUI's Stop button does
+    "".join(pipe.ask("and now?", [], SHORT))
+    assert pipe.engine.kv_positions() == pipe.engine.n_past
+
+
+def test_full_context_is_a_clear_error(tiny, image_path):
+    options = PipelineOptions(method="full", n_ctx=600)
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        with pytest.raises(InputError, match="new chat or use fewer image tokens"):
+            "".join(pipe.ask("What is in the image?", [pipe.encode_image(image_path)], SHORT))
+        assert pipe.engine.kv_positions() == pipe.engine.n_prefix  # nothing half-written
+
+
+def test_empty_question_is_refused(pipe, image_path):
+    with pytest.raises(InputError, match="question"):
+        "".join(pipe.ask("   ", [pipe.encode_image(image_path)]))

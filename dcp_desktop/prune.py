@@ -20,8 +20,10 @@ import numpy as np
 from dcp_desktop import _native, prune_reference
 from dcp_desktop.errors import InputError
 
-METHODS = ("full", "pool", "fastervlm", "random")
-_NEEDS_CLS_ATTN = frozenset({"fastervlm"})
+METHODS = ("full", "pool", "fastervlm", "random", "visionzip", "divprune", "cdpruner", "acgr", "tatcs", "dcp")
+_NEEDS_CLS_ATTN = frozenset({"fastervlm", "visionzip", "acgr", "tatcs", "dcp"})
+TEXT_AWARE = frozenset({"cdpruner", "tatcs", "dcp"})  # use `text` when given, fall back without it
+DEFAULT_OPTIONS = _native.default_options()
 _IMPLS = {"native": _native.prune, "reference": prune_reference.prune}
 
 
@@ -32,27 +34,52 @@ class Selection:
     indices: np.ndarray   # (K,) int32: the patch each token sits on, raster order, ascending
     features: np.ndarray  # (K, D) float32
     masses: np.ndarray    # (K,) float32: how many original patches each token stands for
-    kappa: float | None   # distribution-consistency score; None until κ is implemented
+    kappa: float          # κ: distribution shift from the input tokens to these (0 = none)
+    used_tatcs: bool      # dcp: κ after ACGR exceeded tau, so TATCS re-selected the tokens
 
 
 def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int, int] = (24, 24),
+           keys=None, masses=None, patch_idx=None, text=None, options: dict | None = None,
            seed: int = 0, impl: str = "native") -> Selection:
-    """Keep `n_keep` of the (grid_h*grid_w, D) patch features (raster order, no [CLS] row).
+    """Keep `n_keep` of N tokens: by default the (grid_h*grid_w, D) patch features in raster order
+    (no [CLS] row); with `patch_idx`, any subset of the grid (e.g. after in-encoder pruning).
 
-    cls_attn: (N,) [CLS]→patch attention; required by "fastervlm", checked whenever given.
-    seed: drives "random" only. Raises InputError naming the argument for any bad input.
+    cls_attn: (N,) [CLS]→patch attention; required by fastervlm, visionzip, acgr, tatcs, dcp.
+    keys: (N, Dk) attention keys of the same layer; similarity uses them when given.
+    masses: (N,) patches each token already stands for (default 1); patch_idx: (N,) ascending.
+    text: (T, D) question token embeddings in the feature space, for cdpruner, tatcs and dcp. An
+      empty or missing question makes them fall back to text-free scores (relevance is ignored).
+    options: overrides of DEFAULT_OPTIONS (see native/prune.h). seed: drives "random" only.
+    Raises InputError naming the argument for any bad input.
     """
     grid_h, grid_w = _check_grid(grid)
     method = _check_method(method)
-    features = _check_features(features, grid_h, grid_w)  # (N, D) float32
-    cls_attn = _check_cls_attn(cls_attn, method, len(features))  # (N,) float32 or None
-    n_keep = _check_n_keep(n_keep, method, grid_h, grid_w)
+    n_tokens = _check_n_tokens(features, patch_idx, grid_h, grid_w)
+    features = _check_rows("features", features, n_tokens, None)  # (N, D) float32
+    cls_attn = _check_cls_attn(cls_attn, method, n_tokens)  # (N,) float32 or None
+    keys = None if keys is None else _check_rows("keys", keys, n_tokens, None)  # (N, Dk)
+    masses = None if masses is None else _check_masses(masses, n_tokens)  # (N,)
+    patch_idx = None if patch_idx is None else _check_patch_idx(patch_idx, grid_h * grid_w)  # (N,)
+    text = None if text is None else _check_rows("text", text, None, features.shape[1])  # (T, D)
+    n_keep = _check_n_keep(n_keep, method, n_tokens, grid_h, grid_w, whole_grid=patch_idx is None)
+    options = _check_options(options)
     seed = _check_seed(seed)
     prune = _check_impl(impl)
-    indices, kept, masses = prune(features, cls_attn, grid_h, grid_w, n_keep, method, seed)
-    for array in (indices, kept, masses):
+    indices, kept, kept_masses, kappa, used_tatcs = prune(
+        features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_keep, method, seed, options)
+    for array in (indices, kept, kept_masses):
         array.setflags(write=False)
-    return Selection(indices=indices, features=kept, masses=masses, kappa=None)
+    return Selection(indices=indices, features=kept, masses=kept_masses, kappa=float(kappa),
+                     used_tatcs=bool(used_tatcs))
+
+
+def kappa(full, kept, full_masses=None, kept_masses=None) -> float:
+    """κ between a full token set and a kept one (mass-weighted); see native/prune.h."""
+    full = _check_rows("full", full, None, None)
+    kept = _check_rows("kept", kept, None, full.shape[1])
+    full_masses = None if full_masses is None else _check_masses(full_masses, len(full))
+    kept_masses = None if kept_masses is None else _check_masses(kept_masses, len(kept))
+    return float(_native.kappa(full, full_masses, kept, kept_masses))
 
 
 def _check_grid(grid) -> tuple[int, int]:
@@ -84,13 +111,57 @@ def _as_float32(name: str, values) -> np.ndarray:
     return array
 
 
-def _check_features(features, grid_h: int, grid_w: int) -> np.ndarray:
-    n_tokens = grid_h * grid_w
+def _check_n_tokens(features, patch_idx, grid_h: int, grid_w: int) -> int:
     shape = np.shape(features)
-    if len(shape) != 2 or shape[0] != n_tokens or shape[1] < 1:
-        raise InputError(f"features: expected a ({n_tokens}, D) array for a {grid_h}×{grid_w} grid, "
+    n_grid = grid_h * grid_w
+    if patch_idx is None and (len(shape) != 2 or shape[0] != n_grid or shape[1] < 1):
+        raise InputError(f"features: expected a ({n_grid}, D) array for a {grid_h}×{grid_w} grid, "
                          f"got shape {shape}; pass patch tokens only, without [CLS]")
-    return _as_float32("features", features)
+    if len(shape) != 2 or shape[1] < 1 or shape[0] < 1:
+        raise InputError(f"features: expected an (N, D) array, got shape {shape}")
+    if patch_idx is not None and (np.shape(patch_idx) != (shape[0],) or shape[0] > n_grid):
+        raise InputError(f"patch_idx: expected one grid index per feature row ({shape[0]}), "
+                         f"got shape {np.shape(patch_idx)}")
+    return shape[0]
+
+
+def _check_rows(name: str, values, n_rows: int | None, n_cols: int | None) -> np.ndarray:
+    """A 2-D float32 array with the given number of rows and/or columns (None: any)."""
+    shape = np.shape(values)
+    if len(shape) != 2 or (n_rows is not None and shape[0] != n_rows) or (n_cols is not None and shape[1] != n_cols) \
+            or shape[1] < 1:
+        want = f"({'N' if n_rows is None else n_rows}, {'D' if n_cols is None else n_cols})"
+        raise InputError(f"{name}: expected shape {want}, got shape {shape}")
+    return _as_float32(name, values)
+
+
+def _check_masses(masses, n_tokens: int) -> np.ndarray:
+    if np.shape(masses) != (n_tokens,):
+        raise InputError(f"masses: expected shape ({n_tokens},), got shape {np.shape(masses)}")
+    masses = _as_float32("masses", masses)
+    if (masses <= 0).any():
+        raise InputError(f"masses: every mass must be > 0, got minimum {masses.min()}")
+    return masses
+
+
+def _check_patch_idx(patch_idx, n_grid: int) -> np.ndarray:
+    array = np.asarray(patch_idx)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"patch_idx: expected integers, got dtype {array.dtype}")
+    if len(array) and (array.min() < 0 or array.max() >= n_grid or (np.diff(array) <= 0).any()):
+        raise InputError(f"patch_idx: expected strictly ascending indices in 0..{n_grid - 1}")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def _check_options(options) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise InputError(f"options: unknown {', '.join(unknown)}; known: {', '.join(sorted(DEFAULT_OPTIONS))}")
+    for name, value in options.items():
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise InputError(f"options: {name} must be a finite number, got {value!r}")
+    return {name: float(value) for name, value in options.items()}
 
 
 def _check_cls_attn(cls_attn, method: str, n_tokens: int) -> np.ndarray | None:
@@ -109,8 +180,7 @@ def _pool_fits(n_keep: int, grid_h: int, grid_w: int) -> bool:
     return rows <= grid_h and cols <= grid_w
 
 
-def _check_n_keep(n_keep, method: str, grid_h: int, grid_w: int) -> int:
-    n_tokens = grid_h * grid_w
+def _check_n_keep(n_keep, method: str, n_tokens: int, grid_h: int, grid_w: int, whole_grid: bool) -> int:
     try:
         n_keep = operator.index(n_keep)
     except TypeError:
@@ -119,6 +189,8 @@ def _check_n_keep(n_keep, method: str, grid_h: int, grid_w: int) -> int:
         raise InputError(f"n_keep: expected 1..{n_tokens} image tokens, got {n_keep}")
     if method == "full" and n_keep != n_tokens:
         raise InputError(f"n_keep: method 'full' keeps all {n_tokens} image tokens, got {n_keep}")
+    if method == "pool" and not whole_grid:
+        raise InputError("patch_idx: method 'pool' needs the whole patch grid, not a subset")
     if method == "pool" and not _pool_fits(n_keep, grid_h, grid_w):
         rows, cols = prune_reference.pool_cell_grid(n_keep)
         nearest = min((k for k in range(1, n_tokens + 1) if _pool_fits(k, grid_h, grid_w)),

@@ -5,12 +5,14 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -25,13 +27,61 @@ namespace {
 
 using features_in = nb::ndarray<const float, nb::shape<-1, -1>, nb::c_contig, nb::device::cpu>;
 using scores_in   = nb::ndarray<const float, nb::shape<-1>, nb::c_contig, nb::device::cpu>;
+using indices_in  = nb::ndarray<const int32_t, nb::shape<-1>, nb::c_contig, nb::device::cpu>;
+using options_map = std::map<std::string, double>;
 
 template <typename T, typename Shape>
 using numpy_out = nb::ndarray<nb::numpy, T, Shape>;
 
 using prune_result = std::tuple<numpy_out<int32_t, nb::shape<-1>>,
                                 numpy_out<float, nb::shape<-1, -1>>,
-                                numpy_out<float, nb::shape<-1>>>;
+                                numpy_out<float, nb::shape<-1>>, float, bool>;
+
+// dcp_options fields by their Python name. Integer options are stored as int32.
+struct option_field {
+    const char * name;
+    float dcp_options::*real;
+    int32_t dcp_options::*integer;
+};
+
+constexpr option_field k_options[] = {
+    {"acgr_n_neighbors", nullptr, &dcp_options::acgr_n_neighbors},
+    {"acgr_spatial_weight", &dcp_options::acgr_spatial_weight, nullptr},
+    {"acgr_spatial_sigma", &dcp_options::acgr_spatial_sigma, nullptr},
+    {"tau", &dcp_options::tau, nullptr},
+    {"tatcs_text_weight", &dcp_options::tatcs_text_weight, nullptr},
+    {"tatcs_relevance_mix", &dcp_options::tatcs_relevance_mix, nullptr},
+    {"visionzip_dominant_ratio", &dcp_options::visionzip_dominant_ratio, nullptr},
+    {"cdpruner_theta", &dcp_options::cdpruner_theta, nullptr},
+};
+
+options_map default_options() {
+    const dcp_options defaults = dcp_options_default();
+    options_map values;
+    for (const option_field & field : k_options) {
+        values[field.name] = field.real ? double(defaults.*field.real) : double(defaults.*field.integer);
+    }
+    return values;
+}
+
+dcp_options parse_options(const options_map & values) {
+    dcp_options options = dcp_options_default();
+    for (const auto & [name, value] : values) {
+        const option_field * field = nullptr;
+        for (const option_field & f : k_options) {
+            field = name == f.name ? &f : field;
+        }
+        if (!field) {
+            throw std::invalid_argument("options: unknown option '" + name + "'");
+        }
+        if (field->real) {
+            options.*field->real = float(value);
+        } else {
+            options.*field->integer = int32_t(value);
+        }
+    }
+    return options;
+}
 
 // Hands a heap buffer to NumPy: the returned array owns it and frees it when collected.
 template <typename T, typename Shape>
@@ -63,6 +113,11 @@ const char * argument_of(dcp_status status) {
         case DCP_STATUS_BAD_N_KEEP:          return "n_keep";
         case DCP_STATUS_NON_FINITE_CLS_ATTN:
         case DCP_STATUS_MISSING_CLS_ATTN:    return "cls_attn";
+        case DCP_STATUS_NON_FINITE_KEYS:     return "keys";
+        case DCP_STATUS_NON_FINITE_TEXT:     return "text";
+        case DCP_STATUS_BAD_MASSES:          return "masses";
+        case DCP_STATUS_BAD_PATCH_IDX:       return "patch_idx";
+        case DCP_STATUS_BAD_OPTION:          return "options";
         default:                             return "features";
     }
 }
@@ -78,31 +133,66 @@ void throw_on_error(dcp_status status, const dcp_tokens & tokens, const dcp_prun
         + std::to_string(params.n_keep) + ", method '" + dcp_method_name(params.method) + "')");
 }
 
+// Rows of an optional per-token array must match the features.
+template <typename Array>
+void check_rows(const char * name, const std::optional<Array> & array, size_t n_rows) {
+    if (array && array->shape(0) != n_rows) {
+        throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(n_rows)
+                                    + " rows (one per feature row), got " + std::to_string(array->shape(0)));
+    }
+}
+
+template <typename T, typename Array>
+const T * data_or_null(const std::optional<Array> & array) {
+    return array ? array->data() : nullptr;
+}
+
 dcp_tokens borrow_tokens(const features_in & features, const std::optional<scores_in> & cls_attn,
+                         const std::optional<features_in> & keys, const std::optional<scores_in> & masses,
+                         const std::optional<indices_in> & patch_idx, const std::optional<features_in> & text,
                          int32_t grid_h, int32_t grid_w) {
-    if (features.shape(0) > INT32_MAX || features.shape(1) > INT32_MAX) {
+    const size_t n = features.shape(0);
+    if (n > INT32_MAX || features.shape(1) > INT32_MAX) {
         throw std::invalid_argument("features: too many rows or columns for int32 indices");
     }
-    if (cls_attn && cls_attn->shape(0) != features.shape(0)) {
-        throw std::invalid_argument("cls_attn: expected " + std::to_string(features.shape(0))
-                                    + " values (one per feature row), got " + std::to_string(cls_attn->shape(0)));
+    check_rows("cls_attn", cls_attn, n);
+    check_rows("keys", keys, n);
+    check_rows("masses", masses, n);
+    check_rows("patch_idx", patch_idx, n);
+    if (text && text->shape(1) != features.shape(1)) {
+        throw std::invalid_argument("text: expected " + std::to_string(features.shape(1))
+                                    + " columns (the feature width), got " + std::to_string(text->shape(1)));
     }
-    return {features.data(), cls_attn ? cls_attn->data() : nullptr, int32_t(features.shape(0)),
-            int32_t(features.shape(1)), grid_h, grid_w};
+    dcp_tokens t{};
+    t.features = features.data();
+    t.cls_attn = data_or_null<float>(cls_attn);
+    t.keys = data_or_null<float>(keys);
+    t.masses_in = data_or_null<float>(masses);
+    t.patch_idx = data_or_null<int32_t>(patch_idx);
+    t.text = data_or_null<float>(text);
+    t.n_tokens = int32_t(n);
+    t.n_dim = int32_t(features.shape(1));
+    t.n_dim_keys = keys ? int32_t(keys->shape(1)) : 0;
+    t.n_text = text ? int32_t(text->shape(0)) : 0;
+    t.grid_h = grid_h;
+    t.grid_w = grid_w;
+    return t;
 }
 
 prune_result prune(const features_in & features, const std::optional<scores_in> & cls_attn,
+                   const std::optional<features_in> & keys, const std::optional<scores_in> & masses,
+                   const std::optional<indices_in> & patch_idx, const std::optional<features_in> & text,
                    int32_t grid_h, int32_t grid_w, int32_t n_keep, const std::string & method,
-                   uint64_t seed) {
-    const dcp_tokens tokens = borrow_tokens(features, cls_attn, grid_h, grid_w);
-    const dcp_prune_params params = {parse_method(method), n_keep, seed};
+                   uint64_t seed, const options_map & options) {
+    const dcp_tokens tokens = borrow_tokens(features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w);
+    const dcp_prune_params params = {parse_method(method), n_keep, seed, parse_options(options)};
     const size_t n_out = size_t(std::max(n_keep, 0));
     const size_t n_dim = size_t(tokens.n_dim);
 
     auto kept_idx = std::make_unique<int32_t[]>(n_out);
     auto kept_features = std::make_unique<float[]>(n_out * n_dim);
-    auto masses = std::make_unique<float[]>(n_out);
-    dcp_selection out = {kept_idx.get(), kept_features.get(), masses.get()};
+    auto kept_masses = std::make_unique<float[]>(n_out);
+    dcp_selection out = {kept_idx.get(), kept_features.get(), kept_masses.get(), 0.0f, false};
     dcp_status status;
     {
         nb::gil_scoped_release no_gil; // long calls must not freeze the GUI thread
@@ -111,7 +201,19 @@ prune_result prune(const features_in & features, const std::optional<scores_in> 
     throw_on_error(status, tokens, params);
     return {to_numpy<int32_t, nb::shape<-1>>(std::move(kept_idx), {n_out}),
             to_numpy<float, nb::shape<-1, -1>>(std::move(kept_features), {n_out, n_dim}),
-            to_numpy<float, nb::shape<-1>>(std::move(masses), {n_out})};
+            to_numpy<float, nb::shape<-1>>(std::move(kept_masses), {n_out}), out.kappa, out.used_tatcs};
+}
+
+float kappa(const features_in & a, const std::optional<scores_in> & masses_a,
+            const features_in & b, const std::optional<scores_in> & masses_b) {
+    if (a.shape(1) != b.shape(1) || a.shape(0) < 1 || b.shape(0) < 1) {
+        throw std::invalid_argument("kappa: expected two non-empty (n, D) arrays of the same width");
+    }
+    check_rows("masses_a", masses_a, a.shape(0));
+    check_rows("masses_b", masses_b, b.shape(0));
+    nb::gil_scoped_release no_gil;
+    return dcp_kappa(a.data(), data_or_null<float>(masses_a), int32_t(a.shape(0)),
+                     b.data(), data_or_null<float>(masses_b), int32_t(b.shape(0)), int32_t(a.shape(1)));
 }
 
 } // namespace
@@ -125,12 +227,20 @@ NB_MODULE(_native, m) {
     }
     m.attr("METHODS") = nb::tuple(names);
 
+    m.def("default_options", &default_options, "The native defaults of every method option, by name.");
+    m.def("kappa", &kappa, nb::arg("a").noconvert(), nb::arg("masses_a").noconvert().none(),
+          nb::arg("b").noconvert(), nb::arg("masses_b").noconvert().none(),
+          "κ from set a to set b (see dcp_kappa in prune.h).");
     m.def("prune", &prune,
-          nb::arg("features").noconvert(), nb::arg("cls_attn").noconvert().none(), nb::arg("grid_h"),
-          nb::arg("grid_w"), nb::arg("n_keep"), nb::arg("method"), nb::arg("seed") = 0,
-          "Keep n_keep of the (N, D) float32 patch features (raster order on a grid_h x grid_w grid).\n"
-          "cls_attn: (N,) float32 [CLS]->patch attention, or None for methods that do not use it.\n"
-          "Returns (kept_idx int32 (K,), features float32 (K, D), masses float32 (K,)), all owned.\n"
+          nb::arg("features").noconvert(), nb::arg("cls_attn").noconvert().none(),
+          nb::arg("keys").noconvert().none(), nb::arg("masses").noconvert().none(),
+          nb::arg("patch_idx").noconvert().none(), nb::arg("text").noconvert().none(),
+          nb::arg("grid_h"), nb::arg("grid_w"), nb::arg("n_keep"), nb::arg("method"), nb::arg("seed"),
+          nb::arg("options"),
+          "Keep n_keep of the (N, D) float32 tokens (see prune.h for every argument).\n"
+          "cls_attn, masses: (N,) float32; keys: (N, Dk) float32; patch_idx: (N,) int32; text: (T, D)\n"
+          "float32; each may be None. options: {name: value} overriding default_options().\n"
+          "Returns (kept_idx int32 (K,), features float32 (K, D), masses float32 (K,), kappa, used_tatcs).\n"
           "Raises ValueError for bad sizes or values, TypeError for arrays of the wrong dtype,\n"
           "rank, layout or device (no silent conversion).");
 }

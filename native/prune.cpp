@@ -1,7 +1,9 @@
-// prune.cpp — the token selectors behind dcp_prune (see prune.h for the contract).
-// Plain loops over flat row-major buffers; every method is O(n_tokens × n_dim).
+// prune.cpp — dcp_prune's front door: validation, the method table, κ, the shared helpers of
+// prune_internal.h, and the simple selectors (full, pool, fastervlm, random).
+// The other methods live in baselines.cpp and dcp.cpp. Plain loops over flat row-major buffers.
 
 #include "prune.h"
+#include "prune_internal.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,35 +11,104 @@
 #include <numeric>
 #include <vector>
 
-namespace {
+namespace dcp {
 
-using index_list = std::vector<int32_t>;
+// ---- shared helpers (prune_internal.h) ---------------------------------------------------------
 
-// Copies the feature rows of `kept` (ascending patch indices) to `out`, each with mass 1.
-void emit_selection(const dcp_tokens & tokens, const index_list & kept, const dcp_selection & out) {
-    const size_t n_dim = size_t(tokens.n_dim);
-    for (size_t k = 0; k < kept.size(); ++k) {
-        out.kept_idx[k] = kept[k];
-        std::memcpy(out.features + k * n_dim, tokens.features + size_t(kept[k]) * n_dim,
-                    n_dim * sizeof(float));
-        out.masses[k] = 1.0f;
+float dot(const float * a, const float * b, size_t n) {
+    float sum = 0.0f;
+    for (size_t j = 0; j < n; ++j) {
+        sum += a[j] * b[j];
+    }
+    return sum;
+}
+
+std::vector<float> unit_rows(const float * x, int32_t n_rows, int32_t n_cols) {
+    const size_t d = size_t(n_cols);
+    std::vector<float> unit(x, x + size_t(n_rows) * d);
+    for (size_t i = 0; i < size_t(n_rows); ++i) {
+        float * row = unit.data() + i * d;
+        const float norm = std::sqrt(dot(row, row, d));
+        const float scale = norm > 0.0f ? 1.0f / norm : 0.0f;
+        for (size_t j = 0; j < d; ++j) {
+            row[j] *= scale;
+        }
+    }
+    return unit;
+}
+
+index_list top_k(const float * score, int32_t n, int32_t k) {
+    index_list rows(size_t(n), 0);
+    std::iota(rows.begin(), rows.end(), 0);
+    // Higher score first; ties go to the lower row so the chosen set is deterministic.
+    auto ranks_higher = [score](int32_t a, int32_t b) {
+        return score[a] > score[b] || (score[a] == score[b] && a < b);
+    };
+    std::partial_sort(rows.begin(), rows.begin() + k, rows.end(), ranks_higher);
+    rows.resize(size_t(k));
+    return rows;
+}
+
+std::vector<float> unit_semantic_rows(const dcp_tokens & t, int32_t * n_cols) {
+    *n_cols = t.keys ? t.n_dim_keys : t.n_dim;
+    return unit_rows(t.keys ? t.keys : t.features, t.n_tokens, *n_cols);
+}
+
+std::vector<float> text_relevance(const dcp_tokens & t) {
+    if (!t.text || t.n_text < 1) {
+        return {};
+    }
+    const size_t d = size_t(t.n_dim);
+    const std::vector<float> tokens = unit_rows(t.features, t.n_tokens, t.n_dim);
+    const std::vector<float> words = unit_rows(t.text, t.n_text, t.n_dim);
+    std::vector<float> relevance(size_t(t.n_tokens), -1.0f);
+    for (size_t i = 0; i < size_t(t.n_tokens); ++i) {
+        for (size_t w = 0; w < size_t(t.n_text); ++w) {
+            relevance[i] = std::max(relevance[i], dot(tokens.data() + i * d, words.data() + w * d, d));
+        }
+    }
+    return relevance;
+}
+
+void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out) {
+    std::sort(rows.begin(), rows.end());  // patch_idx ascends with the row, so this is patch order
+    const size_t d = size_t(t.n_dim);
+    for (size_t k = 0; k < rows.size(); ++k) {
+        out.kept_idx[k] = patch_of(t, rows[k]);
+        std::memcpy(out.features + k * d, t.features + size_t(rows[k]) * d, d * sizeof(float));
+        out.masses[k] = mass_of(t, rows[k]);
     }
 }
 
-index_list all_indices(int32_t n_tokens) {
-    index_list indices(size_t(n_tokens), 0);
-    std::iota(indices.begin(), indices.end(), 0);
-    return indices;
+void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vector<float> & features,
+                 const std::vector<float> & masses, const dcp_selection & out) {
+    index_list order(rows.size(), 0);
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&rows](int32_t a, int32_t b) { return rows[a] < rows[b]; });
+    const size_t d = size_t(t.n_dim);
+    for (size_t k = 0; k < order.size(); ++k) {
+        const size_t src = size_t(order[k]);
+        out.kept_idx[k] = patch_of(t, rows[src]);
+        std::memcpy(out.features + k * d, features.data() + src * d, d * sizeof(float));
+        out.masses[k] = masses[src];
+    }
+}
+
+namespace {
+
+index_list all_rows(int32_t n_tokens) {
+    index_list rows(size_t(n_tokens), 0);
+    std::iota(rows.begin(), rows.end(), 0);
+    return rows;
 }
 
 // ---- full ------------------------------------------------------------------------------------
 
-dcp_status prune_full(const dcp_tokens & tokens, const dcp_prune_params & params,
-                      const dcp_selection & out) {
+dcp_status prune_full(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
     if (params.n_keep != tokens.n_tokens) {
         return DCP_STATUS_BAD_N_KEEP;
     }
-    emit_selection(tokens, all_indices(tokens.n_tokens), out);
+    emit_selection(tokens, all_rows(tokens.n_tokens), out);
     return DCP_STATUS_OK;
 }
 
@@ -88,8 +159,10 @@ void cell_mean(const dcp_tokens & tokens, int32_t r0, int32_t r1, int32_t c0, in
     }
 }
 
-dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params,
-                      const dcp_selection & out) {
+dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
+    if (tokens.patch_idx || tokens.masses_in) {
+        return DCP_STATUS_BAD_PATCH_IDX;  // pooling is defined on the whole, unmerged grid
+    }
     const cell_grid cells = pool_cell_grid(params.n_keep);
     if (cells.rows > tokens.grid_h || cells.cols > tokens.grid_w) {
         return DCP_STATUS_BAD_N_KEEP;
@@ -112,18 +185,8 @@ dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params
 
 // ---- fastervlm -------------------------------------------------------------------------------
 
-dcp_status prune_fastervlm(const dcp_tokens & tokens, const dcp_prune_params & params,
-                           const dcp_selection & out) {
-    const float * attn = tokens.cls_attn;
-    // Higher attention first; ties go to the lower index so the chosen set is deterministic.
-    auto ranks_higher = [attn](int32_t a, int32_t b) {
-        return attn[a] > attn[b] || (attn[a] == attn[b] && a < b);
-    };
-    index_list kept = all_indices(tokens.n_tokens);
-    std::nth_element(kept.begin(), kept.begin() + params.n_keep, kept.end(), ranks_higher);
-    kept.resize(size_t(params.n_keep));
-    std::sort(kept.begin(), kept.end());
-    emit_selection(tokens, kept, out);
+dcp_status prune_fastervlm(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
+    emit_selection(tokens, top_k(tokens.cls_attn, tokens.n_tokens, params.n_keep), out);
     return DCP_STATUS_OK;
 }
 
@@ -137,9 +200,8 @@ uint64_t splitmix64_next(uint64_t & state) {
     return z ^ (z >> 31);
 }
 
-dcp_status prune_random(const dcp_tokens & tokens, const dcp_prune_params & params,
-                        const dcp_selection & out) {
-    index_list perm = all_indices(tokens.n_tokens);
+dcp_status prune_random(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
+    index_list perm = all_rows(tokens.n_tokens);
     uint64_t state = params.seed;
     // Partial Fisher–Yates: perm[0..n_keep) becomes a uniform random subset.
     for (int32_t i = 0; i < params.n_keep; ++i) {
@@ -155,8 +217,6 @@ dcp_status prune_random(const dcp_tokens & tokens, const dcp_prune_params & para
 
 // ---- method table and validation -------------------------------------------------------------
 
-using prune_fn = dcp_status (*)(const dcp_tokens &, const dcp_prune_params &, const dcp_selection &);
-
 struct method_entry {
     dcp_method   method;
     const char * name;
@@ -169,6 +229,12 @@ constexpr method_entry k_methods[] = {
     {DCP_METHOD_POOL,      "pool",      false, prune_pool},
     {DCP_METHOD_FASTERVLM, "fastervlm", true,  prune_fastervlm},
     {DCP_METHOD_RANDOM,    "random",    false, prune_random},
+    {DCP_METHOD_VISIONZIP, "visionzip", true,  prune_visionzip},
+    {DCP_METHOD_DIVPRUNE,  "divprune",  false, prune_divprune},
+    {DCP_METHOD_CDPRUNER,  "cdpruner",  false, prune_cdpruner},
+    {DCP_METHOD_ACGR,      "acgr",      true,  prune_acgr},
+    {DCP_METHOD_TATCS,     "tatcs",     true,  prune_tatcs},
+    {DCP_METHOD_DCP,       "dcp",       true,  prune_dcp},
 };
 static_assert(sizeof(k_methods) / sizeof(k_methods[0]) == DCP_METHOD_COUNT,
               "every dcp_method needs a row in k_methods");
@@ -191,66 +257,191 @@ bool all_finite(const float * values, size_t n) {
     return true;
 }
 
-bool shape_is_valid(const dcp_tokens & tokens) {
-    return tokens.n_tokens >= 1 && tokens.n_dim >= 1 && tokens.grid_h >= 1 && tokens.grid_w >= 1
-        && int64_t(tokens.grid_h) * tokens.grid_w == tokens.n_tokens;
+bool shape_is_valid(const dcp_tokens & t) {
+    const bool sizes = t.n_tokens >= 1 && t.n_dim >= 1 && t.grid_h >= 1 && t.grid_w >= 1
+        && (!t.keys || t.n_dim_keys >= 1) && (!t.text || t.n_text >= 0);
+    const int64_t n_grid = int64_t(t.grid_h) * t.grid_w;
+    return sizes && (t.patch_idx ? t.n_tokens <= n_grid : t.n_tokens == n_grid);
+}
+
+bool patch_idx_is_valid(const dcp_tokens & t) {
+    if (!t.patch_idx) {
+        return true;
+    }
+    const int64_t n_grid = int64_t(t.grid_h) * t.grid_w;
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        const int32_t p = t.patch_idx[i];
+        if (p < 0 || p >= n_grid || (i > 0 && p <= t.patch_idx[i - 1])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool masses_are_valid(const dcp_tokens & t) {
+    if (!t.masses_in) {
+        return true;
+    }
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        if (!(std::isfinite(t.masses_in[i]) && t.masses_in[i] > 0.0f)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool options_are_valid(const dcp_options & o) {
+    auto in_unit = [](float x) { return x >= 0.0f && x <= 1.0f; };
+    return o.acgr_n_neighbors >= 1 && o.acgr_spatial_weight >= 0.0f && o.acgr_spatial_sigma > 0.0f
+        && o.tau >= 0.0f && o.tatcs_text_weight >= 0.0f && in_unit(o.tatcs_relevance_mix)
+        && in_unit(o.visionzip_dominant_ratio) && in_unit(o.cdpruner_theta)
+        && std::isfinite(o.acgr_spatial_weight) && std::isfinite(o.acgr_spatial_sigma)
+        && std::isfinite(o.tau) && std::isfinite(o.tatcs_text_weight);
 }
 
 // Everything dcp_prune can check before any method runs; methods add their own n_keep rules.
-dcp_status check_inputs(const dcp_tokens * tokens, const dcp_prune_params & params,
+dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
                         const dcp_selection * out, const method_entry * entry) {
-    if (!tokens || !tokens->features || !out || !out->kept_idx || !out->features || !out->masses) {
+    if (!t || !t->features || !out || !out->kept_idx || !out->features || !out->masses) {
         return DCP_STATUS_NULL_BUFFER;
     }
     if (!entry) {
         return DCP_STATUS_BAD_METHOD;
     }
-    if (!shape_is_valid(*tokens)) {
+    if (!shape_is_valid(*t)) {
         return DCP_STATUS_BAD_SHAPE;
     }
-    if (params.n_keep < 1 || params.n_keep > tokens->n_tokens) {
+    if (!patch_idx_is_valid(*t)) {
+        return DCP_STATUS_BAD_PATCH_IDX;
+    }
+    if (params.n_keep < 1 || params.n_keep > t->n_tokens) {
         return DCP_STATUS_BAD_N_KEEP;
     }
-    if (entry->needs_cls_attn && !tokens->cls_attn) {
+    if (!options_are_valid(params.options)) {
+        return DCP_STATUS_BAD_OPTION;
+    }
+    if (entry->needs_cls_attn && !t->cls_attn) {
         return DCP_STATUS_MISSING_CLS_ATTN;
     }
-    if (!all_finite(tokens->features, size_t(tokens->n_tokens) * size_t(tokens->n_dim))) {
+    if (!all_finite(t->features, size_t(t->n_tokens) * size_t(t->n_dim))) {
         return DCP_STATUS_NON_FINITE_FEATURES;
     }
-    if (tokens->cls_attn && !all_finite(tokens->cls_attn, size_t(tokens->n_tokens))) {
+    if (t->cls_attn && !all_finite(t->cls_attn, size_t(t->n_tokens))) {
         return DCP_STATUS_NON_FINITE_CLS_ATTN;
     }
-    return DCP_STATUS_OK;
+    if (t->keys && !all_finite(t->keys, size_t(t->n_tokens) * size_t(t->n_dim_keys))) {
+        return DCP_STATUS_NON_FINITE_KEYS;
+    }
+    if (t->text && !all_finite(t->text, size_t(t->n_text) * size_t(t->n_dim))) {
+        return DCP_STATUS_NON_FINITE_TEXT;
+    }
+    return masses_are_valid(*t) ? DCP_STATUS_OK : DCP_STATUS_BAD_MASSES;
+}
+
+// Mass-weighted mean (into `mean`) and spread (mean squared distance to it), in double.
+double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t n_dim, std::vector<double> & mean) {
+    const size_t d = size_t(n_dim);
+    std::fill(mean.begin(), mean.end(), 0.0);
+    double total = 0.0;
+    for (size_t i = 0; i < size_t(n); ++i) {
+        const double m = masses ? masses[i] : 1.0;
+        total += m;
+        for (size_t j = 0; j < d; ++j) {
+            mean[j] += m * x[i * d + j];
+        }
+    }
+    for (double & v : mean) {
+        v /= total;
+    }
+    double spread = 0.0;
+    for (size_t i = 0; i < size_t(n); ++i) {
+        const double m = masses ? masses[i] : 1.0;
+        for (size_t j = 0; j < d; ++j) {
+            const double diff = x[i * d + j] - mean[j];
+            spread += m * diff * diff;
+        }
+    }
+    return spread / total;
+}
+
+double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
+    double sum = 0.0;
+    for (size_t i = 0; i < size_t(n) * size_t(n_dim); ++i) {
+        sum += double(x[i]) * x[i];
+    }
+    return sum / n;
 }
 
 } // namespace
+} // namespace dcp
 
 // ---- public API ------------------------------------------------------------------------------
 
+using namespace dcp;
+
+dcp_options dcp_options_default(void) {
+    dcp_options o;
+    o.acgr_n_neighbors = 2;
+    o.acgr_spatial_weight = 0.5f;
+    o.acgr_spatial_sigma = 2.0f;
+    o.tau = 0.5f;
+    o.tatcs_text_weight = 0.5f;
+    o.tatcs_relevance_mix = 0.5f;
+    o.visionzip_dominant_ratio = 54.0f / 64.0f;  // VisionZip's 54 dominant + 10 contextual of 64
+    o.cdpruner_theta = 0.5f;
+    return o;
+}
+
 dcp_prune_params dcp_prune_params_default(void) {
-    return {DCP_METHOD_POOL, 16, 0};
+    return {DCP_METHOD_POOL, 16, 0, dcp_options_default()};
+}
+
+float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
+                const float * b, const float * masses_b, int32_t n_b, int32_t n_dim) {
+    std::vector<double> mean_a(static_cast<size_t>(n_dim)), mean_b(static_cast<size_t>(n_dim));
+    const double spread_a = mean_and_spread(a, masses_a, n_a, n_dim, mean_a);
+    const double spread_b = mean_and_spread(b, masses_b, n_b, n_dim, mean_b);
+    const double eps = 1e-6 * mean_squared_norm(a, n_a, n_dim) + 1e-30;
+    double shift = 0.0;
+    for (size_t j = 0; j < size_t(n_dim); ++j) {
+        shift += (mean_b[j] - mean_a[j]) * (mean_b[j] - mean_a[j]);
+    }
+    return float(std::sqrt(shift / (spread_a + eps)) + std::fabs(0.5 * std::log((spread_b + eps) / (spread_a + eps))));
 }
 
 dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_selection * out) {
     const method_entry * entry = find_method(params.method);
-    const dcp_status status = check_inputs(tokens, params, out, entry);
+    dcp_status status = check_inputs(tokens, params, out, entry);
     if (status != DCP_STATUS_OK) {
         return status;
     }
-    return entry->run(*tokens, params, *out);
+    out->used_tatcs = false;
+    status = entry->run(*tokens, params, *out);
+    if (status == DCP_STATUS_OK) {
+        out->kappa = dcp_kappa(tokens->features, tokens->masses_in, tokens->n_tokens,
+                               out->features, out->masses, params.n_keep, tokens->n_dim);
+    }
+    return status;
 }
 
 const char * dcp_status_string(dcp_status status) {
     switch (status) {
         case DCP_STATUS_OK:                  return "ok";
         case DCP_STATUS_NULL_BUFFER:         return "a required buffer is NULL";
-        case DCP_STATUS_BAD_SHAPE:           return "n_tokens must equal grid_h * grid_w and every size must be >= 1";
+        case DCP_STATUS_BAD_SHAPE:           return "n_tokens must equal grid_h * grid_w (or fit the grid when "
+                                                    "patch_idx is given) and every size must be >= 1";
         case DCP_STATUS_BAD_METHOD:          return "unknown method";
         case DCP_STATUS_BAD_N_KEEP:          return "n_keep must be in 1..n_tokens; full needs n_keep == n_tokens; "
                                                     "pool needs its rows x cols grid to fit the patch grid";
         case DCP_STATUS_NON_FINITE_FEATURES: return "features contain NaN or Inf";
         case DCP_STATUS_NON_FINITE_CLS_ATTN: return "cls_attn contains NaN or Inf";
         case DCP_STATUS_MISSING_CLS_ATTN:    return "this method needs cls_attn (the [CLS] attention row)";
+        case DCP_STATUS_NON_FINITE_KEYS:     return "keys contain NaN or Inf";
+        case DCP_STATUS_NON_FINITE_TEXT:     return "text contains NaN or Inf";
+        case DCP_STATUS_BAD_MASSES:          return "every mass must be finite and > 0";
+        case DCP_STATUS_BAD_PATCH_IDX:       return "patch_idx must be strictly ascending inside the grid; "
+                                                    "pool needs the whole grid without masses";
+        case DCP_STATUS_BAD_OPTION:          return "an option is out of range (see dcp_options in prune.h)";
     }
     return "unknown status";
 }

@@ -9,16 +9,28 @@
 //              (i = row * grid_w + col). Patch tokens only: the [CLS] token is NOT included.
 //   cls_attn   float32 [n_tokens]: attention from [CLS] to each patch (e.g. mean over heads).
 //              May be NULL for methods that do not use it (see dcp_method_needs_cls_attn).
-//   kept_idx   int32   [n_keep]: the patch each output token sits on, strictly ascending.
+//   keys       float32 [n_tokens × n_dim_keys] or NULL: the attention keys of the same layer;
+//              methods that compare tokens semantically use keys when given, features otherwise.
+//   masses_in  float32 [n_tokens] or NULL (= all 1): how many original patches each input token
+//              already stands for (after in-encoder pruning).
+//   patch_idx  int32   [n_tokens] or NULL (= 0..n_tokens-1): the grid patch each input token sits
+//              on, strictly ascending. When NULL, n_tokens must equal grid_h * grid_w; when given,
+//              the tokens are a subset of the grid (pool needs the whole grid).
+//   text       float32 [n_text × n_dim] or NULL: the question's token embeddings mapped into the
+//              feature space; text-aware methods (cdpruner, tatcs, dcp) fall back to text-free
+//              scoring when it is NULL or n_text == 0.
+//   kept_idx   int32   [n_keep]: the grid patch each output token sits on, strictly ascending.
 //   features   float32 [n_keep × n_dim] (output), row-major, row k belongs to kept_idx[k].
 //   masses     float32 [n_keep]: how many original patches each output token stands for.
-//              1 for pure selection methods; the number of patches in the cell for pool.
+//              Selection methods copy the input mass; merging methods add up what they merge.
+//   kappa      κ, the distribution shift from the input set to the output set (dcp_kappa), for
+//              every method, so methods can be compared.
 //
 // Thread safety: dcp_prune keeps no global state; concurrent calls on distinct output
 // buffers are safe. Every method is deterministic (random is seeded, see DCP_METHOD_RANDOM).
 //
-// Adding a method: one enum value below (before DCP_METHOD_COUNT), one function and one row
-// in the method table in prune.cpp.
+// Adding a method: one enum value below (before DCP_METHOD_COUNT), one function (declared in
+// prune_internal.h) and one row in the method table in prune.cpp.
 
 #pragma once
 
@@ -30,9 +42,10 @@ extern "C" {
 #endif
 
 enum dcp_method {
-    // No pruning: n_keep must equal n_tokens; output = input, masses 1.
+    // No pruning: n_keep must equal n_tokens; output = input (masses copied).
     DCP_METHOD_FULL = 0,
     // Grid average pooling (torch.nn.functional.adaptive_avg_pool2d on the feature grid).
+    // Needs the whole grid without masses (patch_idx and masses_in NULL).
     // The output grid is rows × cols == n_keep with rows = the largest divisor of n_keep that
     // is <= sqrt(n_keep) and cols = n_keep / rows (16 → 4×4, 32 → 4×8, 7 → 1×7). It must fit
     // the patch grid: rows <= grid_h and cols <= grid_w, else DCP_STATUS_BAD_N_KEEP (on 24×24
@@ -43,8 +56,8 @@ enum dcp_method {
     // tile the grid), kept_idx = the cell's centre patch (row (start+end-1)/2, col likewise,
     // integer division). Output in raster order of cells.
     DCP_METHOD_POOL = 1,
-    // FasterVLM: the n_keep patches with the largest cls_attn; ties go to the lower index.
-    // Needs cls_attn. Features copied, masses 1.
+    // FasterVLM: the n_keep tokens with the largest cls_attn; ties go to the lower index.
+    // Needs cls_attn. Features and input masses copied.
     DCP_METHOD_FASTERVLM = 2,
     // Uniform random subset, reproducible from params.seed. Generator: splitmix64 with
     //   state = seed;
@@ -54,8 +67,20 @@ enum dcp_method {
     //           return z ^ (z >> 31);          (all arithmetic mod 2^64)
     // Partial Fisher–Yates over perm = [0, 1, ..., n_tokens-1]:
     //   for i in 0 .. n_keep-1: j = i + next() % (n_tokens - i); swap(perm[i], perm[j]);
-    // kept_idx = perm[0 .. n_keep-1] sorted ascending. Features copied, masses 1.
+    // kept rows = perm[0 .. n_keep-1], output in patch order. Features and input masses copied.
     DCP_METHOD_RANDOM = 3,
+    // VisionZip: dominant tokens by cls_attn + contextual tokens merged by key similarity.
+    DCP_METHOD_VISIONZIP = 4,
+    // DivPrune: greedy max-min diversity on cosine distance.
+    DCP_METHOD_DIVPRUNE = 5,
+    // CDPruner: relevance-weighted DPP kernel, greedy MAP with incremental Cholesky.
+    DCP_METHOD_CDPRUNER = 6,
+    // DCP-Prune stage 1 only: Anchor-Context Graph Recovery (n_keep anchors absorb the rest).
+    DCP_METHOD_ACGR = 7,
+    // DCP-Prune stage 3 only: Text-Aware Token Cluster Selection on all input tokens.
+    DCP_METHOD_TATCS = 8,
+    // DCP-Prune: ACGR, then TATCS when κ(ACGR output) > options.tau.
+    DCP_METHOD_DCP = 9,
     DCP_METHOD_COUNT, // number of methods; not a method
 };
 
@@ -68,37 +93,79 @@ enum dcp_status {
     DCP_STATUS_NON_FINITE_FEATURES,  // a feature value is NaN or ±Inf
     DCP_STATUS_NON_FINITE_CLS_ATTN,  // a cls_attn value is NaN or ±Inf
     DCP_STATUS_MISSING_CLS_ATTN,     // the method needs cls_attn and it is NULL
+    DCP_STATUS_NON_FINITE_KEYS,      // a keys value is NaN or ±Inf
+    DCP_STATUS_NON_FINITE_TEXT,      // a text value is NaN or ±Inf
+    DCP_STATUS_BAD_MASSES,           // a mass is not finite or not > 0
+    DCP_STATUS_BAD_PATCH_IDX,        // patch_idx not strictly ascending inside the grid, or
+                                     // given to a method that needs the whole grid (pool)
+    DCP_STATUS_BAD_OPTION,           // an option is out of its documented range
+};
+
+// Every knob of the methods above. Get the defaults from dcp_options_default(); the defaults
+// are chosen on the benchmark's validation split (see README, "Calibration").
+struct dcp_options {
+    // ACGR (acgr, dcp)
+    int32_t acgr_n_neighbors;     // anchors each context token links to (>= 1)
+    float   acgr_spatial_weight;  // weight of grid proximity vs semantic similarity (>= 0)
+    float   acgr_spatial_sigma;   // grid distance (in patches) at which proximity falls to e^-1/2 (> 0)
+    // TATCS (tatcs, dcp)
+    float   tau;                  // dcp runs TATCS when κ(ACGR output) > tau (>= 0)
+    float   tatcs_text_weight;    // how much relevance differences separate clusters (>= 0)
+    float   tatcs_relevance_mix;  // reselection: relevance (1) vs centrality (0), in [0, 1]
+    // VisionZip
+    float   visionzip_dominant_ratio;  // share of n_keep kept as dominant tokens, in [0, 1]
+    // CDPruner
+    float   cdpruner_theta;       // relevance weight in the DPP kernel, in [0, 1]
 };
 
 struct dcp_prune_params {
-    enum dcp_method method;
-    int32_t         n_keep;  // K, the number of output tokens
-    uint64_t        seed;    // used by DCP_METHOD_RANDOM only
+    enum dcp_method    method;
+    int32_t            n_keep;   // K, the number of output tokens
+    uint64_t           seed;     // used by DCP_METHOD_RANDOM only
+    struct dcp_options options;
 };
 
-// The tokens of one image (borrowed, read-only).
+// The tokens of one image (borrowed, read-only). See the data layout above.
 struct dcp_tokens {
-    const float * features;  // [n_tokens × n_dim]
-    const float * cls_attn;  // [n_tokens] or NULL
-    int32_t       n_tokens;
-    int32_t       n_dim;
-    int32_t       grid_h;    // patch rows
-    int32_t       grid_w;    // patch columns
+    const float   * features;   // [n_tokens × n_dim]
+    const float   * cls_attn;   // [n_tokens] or NULL
+    const float   * keys;       // [n_tokens × n_dim_keys] or NULL
+    const float   * masses_in;  // [n_tokens] or NULL
+    const int32_t * patch_idx;  // [n_tokens] or NULL
+    const float   * text;       // [n_text × n_dim] or NULL
+    int32_t         n_tokens;
+    int32_t         n_dim;
+    int32_t         n_dim_keys; // ignored when keys is NULL
+    int32_t         n_text;     // ignored when text is NULL
+    int32_t         grid_h;     // patch rows
+    int32_t         grid_w;     // patch columns
 };
 
 // Where the result goes (caller-owned, each sized for params.n_keep tokens).
 struct dcp_selection {
-    int32_t * kept_idx;  // [n_keep]
-    float   * features;  // [n_keep × n_dim]
-    float   * masses;    // [n_keep]
+    int32_t * kept_idx;   // [n_keep]
+    float   * features;   // [n_keep × n_dim]
+    float   * masses;     // [n_keep]
+    float     kappa;      // written: κ(input, output)
+    bool      used_tatcs; // written: dcp ran TATCS (κ > tau); tatcs: always; others: false
 };
 
-// Defaults: method = DCP_METHOD_POOL, n_keep = 16, seed = 0.
+struct dcp_options dcp_options_default(void);
+
+// Defaults: method = DCP_METHOD_POOL, n_keep = 16, seed = 0, options = dcp_options_default().
 struct dcp_prune_params dcp_prune_params_default(void);
+
+// κ: how far the mass-weighted output set (b) has drifted from the input set (a), both [n × n_dim]
+// with masses (NULL = all 1). With mean μ and spread v = mean squared distance to μ (mass-weighted):
+//   κ = |μ_b - μ_a| / sqrt(v_a + ε) + |½ ln((v_b + ε) / (v_a + ε))|,  ε = 1e-6 · mean |x_a|² + 1e-30.
+// 0 when b == a; grows as b loses coverage (mean shift) or spread (collapse). O((n_a + n_b) · n_dim).
+float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
+                const float * b, const float * masses_b, int32_t n_b, int32_t n_dim);
 
 // Selects params.n_keep tokens from `tokens` into `out`.
 // Validates everything before writing: on any status other than DCP_STATUS_OK the output
-// buffers are left untouched. Cost: O(n_tokens × n_dim) for every method.
+// buffers are left untouched. Cost: O(n_tokens × n_dim) for full/pool/fastervlm/random,
+// O(n_keep × n_tokens × n_dim) for the others.
 enum dcp_status dcp_prune(const struct dcp_tokens * tokens,
                           struct dcp_prune_params   params,
                           struct dcp_selection    * out);
@@ -106,7 +173,8 @@ enum dcp_status dcp_prune(const struct dcp_tokens * tokens,
 // A short English description of a status; never NULL ("unknown status" for unknown values).
 const char * dcp_status_string(enum dcp_status status);
 
-// Lower-case method name ("full", "pool", "fastervlm", "random"); NULL for unknown values.
+// Lower-case method name ("full", "pool", "fastervlm", "random", "visionzip", "divprune",
+// "cdpruner", "acgr", "tatcs", "dcp"); NULL for unknown values.
 const char * dcp_method_name(enum dcp_method method);
 
 // Parses a name from dcp_method_name. Returns DCP_STATUS_BAD_METHOD (and leaves *method

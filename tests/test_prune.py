@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from dcp_desktop import _native, prune_reference
 from dcp_desktop.errors import InputError
-from dcp_desktop.prune import METHODS, Selection, select
+from dcp_desktop.prune import METHODS, Selection, kappa, select
+
+SIMPLE_METHODS = ("full", "pool", "fastervlm", "random")  # the others have test files of their own
 
 GRIDS = [(24, 24), (6, 4), (1, 7), (5, 5), (7, 3), (4, 9)]
 FEATURE_KINDS = ["normal", "duplicate_rows", "constant", "zeros", "large", "tiny"]
@@ -97,12 +99,14 @@ def assert_same_selection(a: Selection, b: Selection) -> None:
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.masses, b.masses)
     np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
+    assert a.kappa == pytest.approx(b.kappa, rel=1e-4, abs=1e-4)
+    assert a.used_tatcs == b.used_tatcs
 
 
 # ---- native == reference -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SIMPLE_METHODS)
 @FEW_EXAMPLES
 @given(tokens=image_tokens(), data=st.data(), seed=st.integers(0, 2**64 - 1))
 def test_native_matches_reference(method, tokens, data, seed):
@@ -115,7 +119,7 @@ def test_native_matches_reference(method, tokens, data, seed):
     assert native.indices.dtype == np.int32 and native.features.dtype == np.float32
     assert native.features.shape == (n_keep, features.shape[1])
     assert np.all(np.diff(native.indices) > 0), "indices must be strictly ascending"
-    assert native.kappa is None
+    assert native.kappa >= 0
 
 
 def test_method_lists_agree():
@@ -132,6 +136,22 @@ def test_full_is_identity(impl):
     np.testing.assert_array_equal(kept.indices, np.arange(576))
     np.testing.assert_array_equal(kept.features, features)
     np.testing.assert_array_equal(kept.masses, np.ones(576))
+    assert kept.kappa == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_kappa_grows_as_fewer_tokens_are_kept(impl):
+    features, cls_attn = random_image(n_dim=32)
+    kappas = [select(features, cls_attn, n_keep=k, method="random", seed=3, impl=impl).kappa
+              for k in (288, 64, 16, 4, 1)]
+    assert kappas == sorted(kappas) and kappas[0] < 0.2 < kappas[-1]
+
+
+def test_kappa_function_matches_the_selection():
+    features, cls_attn = random_image(n_dim=16)
+    kept = select(features, cls_attn, n_keep=16, method="pool")
+    assert kappa(features, kept.features, kept_masses=kept.masses) == pytest.approx(kept.kappa, rel=1e-6)
+    assert prune_reference.kappa(features, None, kept.features, kept.masses) == pytest.approx(kept.kappa, rel=1e-5)
 
 
 @pytest.mark.parametrize("n_keep, cells", [(1, (1, 1)), (7, (1, 7)), (8, (2, 4)), (16, (4, 4)),
@@ -313,7 +333,7 @@ def test_input_error_is_a_value_error():
 
 def native_prune(features=FEATURES, cls_attn=CLS_ATTN, grid_h=24, grid_w=24, n_keep=16, method="fastervlm",
                  seed=0):
-    return _native.prune(features, cls_attn, grid_h, grid_w, n_keep, method, seed)
+    return _native.prune(features, cls_attn, None, None, None, None, grid_h, grid_w, n_keep, method, seed, {})
 
 
 @pytest.mark.parametrize("bad_features", [
@@ -348,7 +368,7 @@ def test_native_raises_value_error_naming_the_argument(overrides, argument):
 
 def test_native_outputs_own_their_memory():
     features = FEATURES.copy()
-    kept_idx, kept_features, masses = native_prune(features=features)
+    kept_idx, kept_features, masses, _, _ = native_prune(features=features)
     expected = features[kept_idx].copy()
     del features
     gc.collect()

@@ -1,0 +1,192 @@
+"""Pure-NumPy twin of native/: every token selector, written to be read and trusted.
+
+Tests require dcp_desktop._native to give identical indices and masses, features within float
+tolerance, and the same κ. `prune` has the same signature as `_native.prune`. Inputs are assumed
+valid, because dcp_desktop.prune.select checks them first.
+
+This file holds the dispatcher, κ, the helpers every method shares, and the simple selectors
+(full, pool, fastervlm, random); baselines.py and dcp.py hold the rest, as in native/.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_U64_MASK = (1 << 64) - 1
+
+# Must equal dcp_options_default() in native/prune.cpp (a test holds them equal).
+DEFAULT_OPTIONS = {
+    "acgr_n_neighbors": 2,
+    "acgr_spatial_weight": 0.5,
+    "acgr_spatial_sigma": 2.0,
+    "tau": 0.5,
+    "tatcs_text_weight": 0.5,
+    "tatcs_relevance_mix": 0.5,
+    "visionzip_dominant_ratio": 54.0 / 64.0,
+    "cdpruner_theta": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One image's tokens, as in prune.h's dcp_tokens (optional arrays filled with their defaults)."""
+
+    features: np.ndarray  # (n, d) float32
+    cls_attn: np.ndarray | None  # (n,)
+    keys: np.ndarray | None  # (n, dk)
+    masses: np.ndarray  # (n,) float32, 1 when not given
+    patch_idx: np.ndarray  # (n,) int32, 0..n-1 when not given
+    text: np.ndarray | None  # (t, d), None when absent or empty
+    grid: tuple[int, int]
+
+    @property
+    def n(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a method returns: token k sits on input row rows[k] (any order; sorted later)."""
+
+    rows: np.ndarray  # (K,) int
+    features: np.ndarray  # (K, d) float32
+    masses: np.ndarray  # (K,) float32
+    used_tatcs: bool = False
+
+
+# ---- shared helpers (the twins of prune_internal.h) ------------------------------------------------
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float32; all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # (n,)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return x * scale[:, None]
+
+
+def top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """The k rows with the highest score, best first; ties go to the lower row."""
+    return np.argsort(-np.asarray(score), kind="stable")[:k]
+
+
+def unit_semantic_rows(tokens: Tokens) -> np.ndarray:
+    """Unit rows of the keys when given, else of the features."""
+    return unit_rows(tokens.keys if tokens.keys is not None else tokens.features)
+
+
+def text_relevance(tokens: Tokens) -> np.ndarray | None:
+    """r_i = max_j cos(feature_i, text_j); None when there is no text."""
+    if tokens.text is None:
+        return None
+    return (unit_rows(tokens.features) @ unit_rows(tokens.text).T).max(axis=1)  # (n,)
+
+
+def selection(tokens: Tokens, rows) -> Output:
+    """The input rows `rows`, unchanged, with their input masses."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return Output(rows, tokens.features[rows], tokens.masses[rows])
+
+
+# ---- κ -----------------------------------------------------------------------------------------
+
+def _mean_and_spread(x: np.ndarray, masses: np.ndarray | None) -> tuple[np.ndarray, float]:
+    x = x.astype(np.float64)
+    m = np.ones(len(x)) if masses is None else masses.astype(np.float64)
+    mean = (m[:, None] * x).sum(0) / m.sum()  # (d,)
+    spread = float((m * ((x - mean) ** 2).sum(1)).sum() / m.sum())
+    return mean, spread
+
+
+def kappa(a: np.ndarray, masses_a: np.ndarray | None, b: np.ndarray, masses_b: np.ndarray | None) -> float:
+    """κ from set a to set b: mean shift in units of a's spread + |log spread ratio| / 2 (prune.h)."""
+    mean_a, spread_a = _mean_and_spread(a, masses_a)
+    mean_b, spread_b = _mean_and_spread(b, masses_b)
+    eps = 1e-6 * float((a.astype(np.float64) ** 2).sum() / len(a)) + 1e-30
+    shift = float(((mean_b - mean_a) ** 2).sum())
+    return math.sqrt(shift / (spread_a + eps)) + abs(0.5 * math.log((spread_b + eps) / (spread_a + eps)))
+
+
+# ---- full, pool, fastervlm, random -----------------------------------------------------------------
+
+def full(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
+    return selection(tokens, np.arange(tokens.n))
+
+
+def pool_cell_grid(n_keep: int) -> tuple[int, int]:
+    """rows × cols == n_keep with rows the largest divisor <= sqrt(n_keep): 16 → 4×4, 32 → 4×8."""
+    rows = max(r for r in range(1, math.isqrt(n_keep) + 1) if n_keep % r == 0)
+    return rows, n_keep // rows
+
+
+def _cell_bounds(i: int, n: int, parts: int) -> tuple[int, int]:
+    """adaptive_avg_pool2d's cell i along an axis of n patches: [floor(i*n/parts), ceil((i+1)*n/parts))."""
+    return (i * n) // parts, -(-(i + 1) * n // parts)
+
+
+def pool(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
+    grid_h, grid_w = tokens.grid
+    rows, cols = pool_cell_grid(n_keep)
+    patches = tokens.features.reshape(grid_h, grid_w, -1)  # (grid_h, grid_w, d)
+    centres, means, masses = [], [], []
+    for i in range(rows):
+        r0, r1 = _cell_bounds(i, grid_h, rows)
+        for j in range(cols):
+            c0, c1 = _cell_bounds(j, grid_w, cols)
+            cell = patches[r0:r1, c0:c1].reshape(-1, patches.shape[2])  # (patches in cell, d)
+            means.append(cell.astype(np.float64).mean(axis=0))  # (d,)
+            masses.append(len(cell))
+            centres.append((r0 + r1 - 1) // 2 * grid_w + (c0 + c1 - 1) // 2)  # the centre patch
+    return Output(np.array(centres), np.array(means, dtype=np.float32), np.array(masses, dtype=np.float32))
+
+
+def fastervlm(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
+    return selection(tokens, top_k(tokens.cls_attn, n_keep))
+
+
+def splitmix64(seed: int):
+    """The generator documented in prune.h, in Python ints masked to 64 bits."""
+    state = seed
+    while True:
+        state = (state + 0x9E3779B97F4A7C15) & _U64_MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64_MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64_MASK
+        yield z ^ (z >> 31)
+
+
+def random(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
+    perm = list(range(tokens.n))
+    draws = splitmix64(seed)
+    # Partial Fisher–Yates: perm[:n_keep] becomes a uniform random subset.
+    for i in range(n_keep):
+        j = i + next(draws) % (tokens.n - i)
+        perm[i], perm[j] = perm[j], perm[i]
+    return selection(tokens, perm[:n_keep])
+
+
+# ---- dispatch ----------------------------------------------------------------------------------
+
+from . import baselines, dcp  # noqa: E402  (they use the helpers above)
+
+SELECTORS = {"full": full, "pool": pool, "fastervlm": fastervlm, "random": random,
+             "visionzip": baselines.visionzip, "divprune": baselines.divprune, "cdpruner": baselines.cdpruner,
+             "acgr": dcp.acgr, "tatcs": dcp.tatcs, "dcp": dcp.dcp}
+
+
+def prune(features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_keep, method, seed, options):
+    """Same contract as dcp_desktop._native.prune, for already-validated inputs."""
+    n = len(features)
+    tokens = Tokens(
+        features=features, cls_attn=cls_attn, keys=keys,
+        masses=np.ones(n, np.float32) if masses is None else masses,
+        patch_idx=np.arange(n, dtype=np.int32) if patch_idx is None else patch_idx,
+        text=text if text is not None and len(text) else None, grid=(grid_h, grid_w))
+    out = SELECTORS[method](tokens, n_keep, seed, {**DEFAULT_OPTIONS, **options})
+    order = np.argsort(out.rows, kind="stable")  # patch order
+    kept = np.ascontiguousarray(out.features[order], dtype=np.float32)  # (K, d)
+    kept_masses = np.ascontiguousarray(out.masses[order], dtype=np.float32)  # (K,)
+    k = kappa(features, masses, kept, kept_masses)
+    return tokens.patch_idx[out.rows[order]].astype(np.int32), kept, kept_masses, k, out.used_tatcs

@@ -69,11 +69,35 @@ enum dcp_method {
     //   for i in 0 .. n_keep-1: j = i + next() % (n_tokens - i); swap(perm[i], perm[j]);
     // kept rows = perm[0 .. n_keep-1], output in patch order. Features and input masses copied.
     DCP_METHOD_RANDOM = 3,
-    // VisionZip: dominant tokens by cls_attn + contextual tokens merged by key similarity.
+    // VisionZip, DivPrune and CDPruner compare tokens by cosine similarity computed in double
+    // from the raw rows (a zero row has cosine 0 with everything; a row and its duplicate have
+    // exactly 1), so duplicates tie exactly; ties go to the lower row everywhere.
+    //
+    // VisionZip: dominant tokens by cls_attn + contextual tokens merged by similarity. Needs
+    // cls_attn. n_dom = min(n_keep, max(1, floor(n_keep * r + 0.5))) with
+    // r = options.visionzip_dominant_ratio, n_ctx = n_keep - n_dom. Dominant: the n_dom rows with
+    // the largest cls_attn (as fastervlm), features and input masses copied. The other rows R
+    // (ascending, |R| = n_tokens - n_dom), when n_ctx > 0: targets R[floor(i * |R| / n_ctx)] for
+    // i = 0 .. n_ctx-1 (uniform spacing); every other row of R joins the target it is most
+    // cosine-similar to, on keys when given, else features (ties: the lower target row).
+    // Contextual token = mass-weighted mean feature of its target and the rows that joined it,
+    // mass = their total mass, kept_idx = the target's patch. With n_ctx > 0 the output masses
+    // add up to the input's; with n_ctx == 0 the rows of R are dropped.
     DCP_METHOD_VISIONZIP = 4,
-    // DivPrune: greedy max-min diversity on cosine distance.
+    // DivPrune: greedy max-min diversity on the cosine distance 1 - cos of features (keys are
+    // not used). First pick: the row least cosine-similar to the mean of the unit feature rows.
+    // Then, until n_keep are picked: the unpicked row whose smallest distance to the picked rows
+    // is largest. Features and input masses copied.
     DCP_METHOD_DIVPRUNE = 5,
-    // CDPruner: relevance-weighted DPP kernel, greedy MAP with incremental Cholesky.
+    // CDPruner: greedy MAP of a relevance-weighted DPP. Quality w_i = 1 without text (NULL or
+    // n_text == 0); with text, r_i = max_j cos(features_i, text_j), r̃ = (r - min r) / (max r - min r)
+    // (all 1 when max == min) and w_i = (1 - θ) + θ * r̃_i with θ = options.cdpruner_theta.
+    // Kernel L_ij = w_i * w_j * cos(features_i, features_j) (PSD). Greedy MAP with incremental
+    // Cholesky (Chen, Zhang & Zhou, NeurIPS 2018): d2_i = L_ii; each step takes j = the unpicked
+    // row with the largest d2. If d2_j < 1e-10 the kernel is exhausted (duplicates, zero rows,
+    // n_keep > rank): the remaining picks are the unpicked rows by w descending; stop. Else pick
+    // j and, for every unpicked i, e_i = (L_ji - ⟨c_j, c_i⟩) / sqrt(d2_j), append e_i to c_i,
+    // d2_i -= e_i². Features and input masses copied.
     DCP_METHOD_CDPRUNER = 6,
     // DCP-Prune stage 1 only: Anchor-Context Graph Recovery (n_keep anchors absorb the rest).
     DCP_METHOD_ACGR = 7,

@@ -1,0 +1,1 @@
+"""Evaluation of the pruning methods: the synthetic VQA benchmark (`scenes`) and the dcp-eval harness."""

@@ -1,0 +1,360 @@
+"""dcp-desktop end to end on the tiny GGUF pair: a whole conversation driven through the window
+(attach, ask, stream, stop, regenerate, reopen after a restart), the overlay, errors shown in the
+window, the model manager, and a store that survives kill -9 mid-transaction."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported: no display needed
+
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QMimeData, QObject, QPointF, QRectF, Qt, QUrl, Slot  # noqa: E402
+from PySide6.QtGui import QColor, QDropEvent, QGuiApplication, QImage, QPainter  # noqa: E402
+
+from dcp_desktop.gui.models_dialog import ModelsDialog  # noqa: E402
+from dcp_desktop.gui.overlay import Overlay, paint_overlay  # noqa: E402
+from dcp_desktop.gui.settings import HOME_ENV, Settings  # noqa: E402
+from dcp_desktop.gui.store import Store  # noqa: E402
+from dcp_desktop.gui.window import MainWindow  # noqa: E402
+from dcp_desktop.gui.worker import full_prefill_estimate_ms  # noqa: E402
+
+# A merging method, so some kept tokens stand for several patches (masses > 1) in the overlay.
+TEST_METHOD = "visionzip"
+SHAPES = Path(__file__).parent / "data" / "shapes.png"
+ANSWER_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh data folder (history, images, settings.ini) and an empty Hugging Face cache."""
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def make_window(qtbot, home):
+    """MainWindow factory on the same data folder: a second call is the app after a restart."""
+    def make(max_tokens: int = 24) -> MainWindow:
+        settings = Settings()
+        # One thread: llama.cpp's spinning threads slow down 10-100x when other jobs share the 2 cores.
+        settings.method, settings.n_keep, settings.n_threads = TEST_METHOD, 16, 1
+        settings.max_tokens = max_tokens
+        window = MainWindow(settings)
+        qtbot.addWidget(window)  # closed at teardown: the worker thread ends with it
+        window.show()
+        return window
+    return make
+
+
+@pytest.fixture
+def window(make_window, qtbot, tiny) -> MainWindow:
+    """A window with the tiny model loaded."""
+    window = make_window()
+    window.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    return window
+
+
+class TokenRecorder(QObject):
+    """Receives the worker's token signal in the GUI thread, after the window (connected first)."""
+
+    def __init__(self, window: MainWindow):
+        super().__init__()
+        self.window, self.pieces, self.shown = window, [], []
+        window.engine.worker.token.connect(self.record)
+
+    @Slot(str)
+    def record(self, piece: str) -> None:
+        self.pieces.append(piece)
+        self.shown.append(len(self.window.chat_model.message(self.window.answering.row).text))
+
+
+def slow_down(window: MainWindow, seconds_per_token: float = 0.005) -> None:
+    """Make the tiny model answer at a laptop's pace (it streams ~5000 tokens/s, fast enough to finish
+    before the test can press Stop): a direct connection sleeps in the worker thread after each token."""
+    window.engine.worker.token.connect(lambda _piece: time.sleep(seconds_per_token),
+                                       Qt.ConnectionType.DirectConnection)
+
+
+def attach_and_wait(qtbot, window: MainWindow, *paths) -> None:
+    window.attach([str(path) for path in paths])
+    qtbot.waitUntil(lambda: bool(window.attachments) and all(a.prepared for a in window.attachments.values()))
+
+
+def ask(qtbot, window: MainWindow, question: str) -> dict:
+    """Type the question, press Enter, wait for the whole answer; returns its stats."""
+    qtbot.keyClicks(window.composer.input, question)
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
+    assert window.answering is not None, "Enter did not send the question"
+    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    return window.chat_model.message(window.chat_model.last_row("assistant")).stats
+
+
+def notices(window: MainWindow) -> list[str]:
+    return [m.text for m in window.chat_model.messages() if m.role == "notice"]
+
+
+def test_conversation_streams_follows_up_and_survives_a_restart(qtbot, window, make_window, image_path):
+    attach_and_wait(qtbot, window, image_path)
+    qtbot.keyClicks(window.composer.input, "first line")
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    assert window.composer.input.toPlainText() == "first line\n" and window.answering is None  # Shift+Enter
+    window.composer.input.clear()
+    recorder = TokenRecorder(window)
+    stats = ask(qtbot, window, "What is in the image?")
+    answer = window.chat_model.message(1)
+    # The bubble grew by one piece per token signal, and ends as their concatenation. (A token
+    # holding part of a UTF-8 character gives no piece: the random model makes such tokens.)
+    assert 1 < len(recorder.pieces) <= stats["generated_tokens"] == 24
+    assert recorder.shown == [len("".join(recorder.pieces[:i + 1])) for i in range(len(recorder.pieces))]
+    assert answer.text == "".join(recorder.pieces) and not answer.streaming
+    assert (stats["image_tokens"], stats["image_tokens_full"], stats["method"]) == (16, 576, TEST_METHOD)
+    assert stats["first_token_ms"] > 0 and stats["tokens_per_s"] > 0 and stats["saved_estimate_ms"] > 0
+    qtbot.waitUntil(lambda: "estimated" in window.chat_view.bubbles[1].stats.text())  # redraws are throttled
+
+    follow_up = ask(qtbot, window, "Is there a red circle?")
+    assert follow_up["image_tokens"] == 0  # the image is already in the model's cache
+    chat_id = window.chat_id
+    window.close()
+
+    restarted = make_window()
+    assert [chat.id for chat in restarted.store.chats()] == [chat_id]
+    restarted.open_chat(chat_id)
+    roles = [m.role for m in restarted.chat_model.messages()]
+    assert roles == ["user", "assistant", "user", "assistant"]
+    assert restarted.chat_model.message(1).text == answer.text
+    assert restarted.chat_model.message(0).images[0].selection["indices"]  # the overlay survives too
+    restarted.load_model(window.model_files[0])
+    qtbot.waitUntil(lambda: restarted.model_name is not None)
+    assert ask(qtbot, restarted, "And now?")["image_tokens"] == 16  # a reopened chat re-sends its images
+
+
+def test_stop_ends_the_answer_and_the_chat_goes_on(qtbot, make_window, tiny, image_path):
+    window = make_window(max_tokens=8192)
+    window.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.model_name is not None)
+    slow_down(window)
+    attach_and_wait(qtbot, window, image_path)
+    qtbot.keyClicks(window.composer.input, "Describe everything")
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.answering is not None and bool(window.answering.text),
+                    timeout=ANSWER_TIMEOUT_MS)
+    window.activateWindow()
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Escape)  # the Stop shortcut
+    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    stats = window.chat_model.message(1).stats
+    assert stats["stopped"] and 0 < stats["generated_tokens"] < 1500  # the context allows ~1900
+    qtbot.waitUntil(lambda: "stopped" in window.chat_view.bubbles[1].stats.text())
+    window.controls.max_tokens.setValue(8)
+    assert not ask(qtbot, window, "And the colours?")["stopped"]
+    assert [m.role for m in window.store.messages(window.chat_id)] == ["user", "assistant"] * 2
+
+
+def test_closing_mid_answer_is_clean(qtbot, make_window, tiny, home):
+    window = make_window(max_tokens=8192)
+    window.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.model_name is not None)
+    slow_down(window)
+    qtbot.keyClicks(window.composer.input, "Tell me a long story")
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.answering is not None and bool(window.answering.text),
+                    timeout=ANSWER_TIMEOUT_MS)
+    chat_id = window.chat_id
+    window.close()  # cancel, quit(), wait(): returns once the worker thread has ended
+    assert window.engine.thread.isFinished() and window.engine.worker._pipe is None
+    with Store(home) as store:  # the stopped answer was saved before the store closed
+        answer = store.messages(chat_id)[-1]
+        assert answer.role == "assistant" and answer.stats["stopped"]
+
+
+def test_overlay_draws_the_kept_patches_and_follows_the_budget(qtbot, window, image_path):
+    attach_and_wait(qtbot, window, image_path)
+    ask(qtbot, window, "What is in the image?")
+    tile = window.chat_view.bubbles[0].tiles[0]
+    qtbot.waitUntil(lambda: tile.toggle.isEnabled())
+    assert tile.caption.text().startswith("16 of 576 tokens · κ")
+    tile.toggle.click()
+    tile.picture.grab()  # paints it
+    assert tile.picture.cells_drawn == 16
+    tile.toggle.click()
+    tile.picture.grab()
+    assert tile.picture.cells_drawn == 0
+
+    window.controls.budget.setCurrentIndex(window.controls.budget.findData(8))
+    attach_and_wait(qtbot, window, SHAPES)
+    stats = ask(qtbot, window, "And this one?")
+    assert stats["image_tokens"] == 2 * 8  # rebuilt for 8 tokens: both images re-sent at the new budget
+    for bubble in (window.chat_view.bubbles[0], window.chat_view.bubbles[2]):
+        tile = bubble.tiles[0]
+        qtbot.waitUntil(lambda tile=tile: tile.caption.text().startswith("8 of 576"))
+        tile.toggle.click()
+        tile.picture.grab()
+        assert tile.picture.cells_drawn == 8
+    assert window.store.chat(window.chat_id).n_keep == 8
+
+
+def test_overlay_painting_masses_and_cluster_tints():
+    """Kept cells are framed and filled, dropped ones dimmed; with an assignment every patch is tinted."""
+    image = QImage(336, 336, QImage.Format.Format_RGB32)
+    overlay = Overlay(indices=(0, 300), masses=(1.0, 40.0), kappa=0.5, n_full=576, background=(0, 0, 0))
+    for assignment in (None, tuple([0] * 300 + [1] * 275 + [-1])):
+        image.fill(QColor("white"))
+        painter = QPainter(image)
+        drawn = paint_overlay(painter, QRectF(0, 0, 336, 336), replace(overlay, assignment=assignment))
+        painter.end()
+        assert drawn == 2
+        dropped = QColor(image.pixel(336 - 3, 336 - 3))  # the last patch: dropped either way
+        assert dropped.lightness() < 140
+        if assignment is not None:  # a patch of token 1's cluster, not kept itself: tinted, not grey
+            tinted = QColor(image.pixel(14 * 20 + 7, 14 * 20 + 7))
+            assert tinted.saturation() > 60
+
+
+def test_bad_image_is_a_message_not_a_crash(qtbot, window, tmp_path):
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image at all\n")
+    window.attach([str(text_file)])
+    qtbot.waitUntil(lambda: bool(notices(window)))
+    assert "not an image" in notices(window)[0] and str(text_file) in notices(window)[0]
+    assert window.attachments == {}
+    assert ask(qtbot, window, "Still there?")["generated_tokens"] > 0
+
+
+def test_bad_model_files_are_messages_not_crashes(qtbot, make_window, tiny, tmp_path):
+    window = make_window()
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(Path(tiny.llm).read_bytes()[: Path(tiny.llm).stat().st_size // 2])
+    window.load_model(str(truncated), str(tiny.mmproj))
+    qtbot.waitUntil(lambda: bool(notices(window)))
+    assert "truncated GGUF" in notices(window)[-1]
+    window.load_model(str(tiny.llm), str(tiny.llm))  # an LLM passed as the mmproj
+    qtbot.waitUntil(lambda: len(notices(window)) == 2)
+    assert "not a CLIP vision projector" in notices(window)[-1]
+    assert window.model_name is None and window.settings.model is None  # a bad pick is not remembered
+    window.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.model_name is not None)
+    assert window.settings.model == str(tiny.dir)
+
+
+def test_first_start_without_a_model_says_what_to_do(qtbot, make_window):
+    window = make_window()
+    assert window.pages.currentWidget() is window.empty_state
+    assert window.empty_state.title.text() == "Pick a model to start"
+    assert window.empty_state.models_button.isVisibleTo(window)
+    qtbot.keyClicks(window.composer.input, "hello")
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
+    assert "No model is loaded" in notices(window)[0]
+    assert window.store.chats() == []
+
+
+def test_regenerate_copy_paste_new_and_delete(qtbot, window):
+    QGuiApplication.clipboard().setImage(QImage(str(SHAPES)))
+    window.paste_image()
+    dropped = QMimeData()
+    dropped.setUrls([QUrl.fromLocalFile(str(SHAPES))])
+    window.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, dropped,
+                                Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
+    qtbot.waitUntil(lambda: all(a.prepared for a in window.attachments.values()))
+    assert [a.name for a in window.attachments.values()] == ["pasted image", "shapes.png"]
+    ask(qtbot, window, "What is in the image?")
+    window.regenerate(1)
+    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    messages = window.store.messages(window.chat_id)
+    assert [m.role for m in messages] == ["user", "assistant"]  # the old answer was replaced
+    assert [image.path.suffix for image in messages[0].images] == [".png", ".png"]
+    assert messages[1].stats["image_tokens"] == 2 * 16  # regenerated from a fresh conversation
+    window.copy_answer(1)
+    assert QGuiApplication.clipboard().text() == window.chat_model.message(1).text
+    first_chat = window.chat_id
+    window.activateWindow()
+    qtbot.keyClick(window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)  # New chat
+    assert window.chat_id is None and window.chat_model.rowCount() == 0
+    window.delete_chat(first_chat)
+    assert window.store.chats() == [] and list(window.store.images_dir.iterdir()) == []
+
+
+def test_models_dialog_lists_the_catalog_and_reports_a_failed_download(qtbot, home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the download fails at once, as it does offline
+    dialog = ModelsDialog(None)
+    qtbot.addWidget(dialog)
+    names = [row.entry.name for row in dialog.rows]
+    assert "llava-1.5-7b" in names and all(not row.use_button.isEnabled() for row in dialog.rows)
+    row = dialog.rows[0]
+    row.toggle_download()
+    row.toggle_download()  # Cancel
+    qtbot.waitUntil(lambda: not row.download.running, timeout=10_000)
+    qtbot.waitUntil(lambda: "Cancelled" in row.message.text())
+    row.toggle_download()
+    qtbot.waitUntil(lambda: not row.download.running, timeout=30_000)
+    qtbot.waitUntil(lambda: "download of" in row.message.text() and row.message.isVisibleTo(dialog))
+    chosen = []
+    dialog.model_chosen.connect(lambda model, mmproj: chosen.append((model, mmproj)))
+    dialog.choose_files(["/m/mmproj-x.gguf", "/m/llm.gguf"])
+    assert chosen == [("/m/llm.gguf", "/m/mmproj-x.gguf")]
+
+
+def test_prefill_saving_estimate_scales_with_rows():
+    assert full_prefill_estimate_ms(36.0, 20, 16, 576) == pytest.approx(36.0 * 596 / 36)
+    assert full_prefill_estimate_ms(10.0, 20, 576, 576) == pytest.approx(10.0)
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from dcp_desktop.gui.store import Store
+
+    store = Store(sys.argv[1])
+    store.put_image("a" * 64, b"image bytes", ".png", b"thumbnail", 4, 3)
+    first = store.create_chat("first", "dcp", 16)
+    store.add_message(first, "user", "What is in the image?", ["a" * 64])
+    store.add_message(first, "assistant", "A red circle.", stats={"image_tokens": 16})
+    second = store.create_chat("second", "dcp", 16)
+
+    def stall(statement):  # stop inside add_message's transaction, after the big row is written
+        if statement.startswith("INSERT INTO message_images"):
+            print("mid-transaction", flush=True)
+            time.sleep(120)
+
+    store.db.set_trace_callback(stall)
+    store.add_message(second, "user", "x" * 5_000_000, ["a" * 64])
+""")
+
+
+def test_store_survives_kill_9_mid_transaction(tmp_path):
+    folder = tmp_path / "store"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parents[1])
+    try:
+        assert writer.stdout.readline().strip() == "mid-transaction"
+        assert (folder / "history.sqlite3-wal").stat().st_size > 1_000_000  # uncommitted pages on disk
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    with Store(folder) as store:
+        assert store.db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        first, second = sorted(store.chats(), key=lambda chat: chat.id)
+        messages = store.messages(first.id)
+        assert [(m.role, m.text) for m in messages] == [("user", "What is in the image?"),
+                                                        ("assistant", "A red circle.")]
+        assert messages[0].images[0].path.read_bytes() == b"image bytes"
+        assert store.messages(second.id) == []  # the killed message was rolled back whole
+
+
+def test_the_gui_never_imports_llama_cpp():
+    """The window talks to the engine through the worker and the Pipeline, never to llama.cpp."""
+    gui = Path(__file__).parents[1] / "dcp_desktop" / "gui"
+    importing = re.compile(r"^\s*(import|from)\s+llama_cpp\b", re.MULTILINE)
+    assert not [path.name for path in gui.glob("*.py") if importing.search(path.read_text())]

@@ -17,8 +17,8 @@ import sys
 from . import models
 from .engine import GenerationParams
 from .errors import InputError
-from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, ImageTokens, Pipeline, PipelineOptions
-from .prune import METHODS
+from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, EncodedImage, Pipeline, PipelineOptions
+from .prune import DEFAULT_OPTIONS, METHODS
 
 EXIT_BAD_INPUT = 2
 
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"image tokens the LLM sees, 1..576 (default {DEFAULT_TOKENS}; 576 = all)")
     prune.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                        help=f"how to choose them (default {DEFAULT_METHOD}); 'full' keeps all 576")
+    prune.add_argument("--acgr-layer", type=_whole_number, default=None, metavar="L",
+                       help="prune inside the vision encoder after block L (1..23 on ViT-L): later blocks "
+                            "run on the kept tokens only, which saves vision time (default: at the output)")
+    prune.add_argument("--acgr-anchors", type=_whole_number, default=None, metavar="M",
+                       help="tokens kept inside the encoder with --acgr-layer (default 4 x --tokens)")
+    prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
     prune.add_argument("--seed", type=int, default=0, help="seed for sampling and the 'random' method")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-tokens", type=_whole_number, default=256, help="answer length limit (default 256)")
@@ -71,12 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prune_options(pairs: list[str]) -> dict[str, float]:
+    options = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in DEFAULT_OPTIONS:
+            raise InputError(f"--prune-option {pair}: unknown knob '{name}'; known: {', '.join(DEFAULT_OPTIONS)}")
+        try:
+            options[name] = float(value)
+        except ValueError:
+            raise InputError(f"--prune-option {pair}: expected NAME=NUMBER, e.g. tau=0.3") from None
+    return options
+
+
 def _options(args) -> PipelineOptions:
-    return PipelineOptions(method=args.method, n_keep=args.tokens, seed=args.seed, n_threads=args.threads,
-                           n_gpu_layers=args.n_gpu_layers, device=args.device, verbose=args.verbose)
+    return PipelineOptions(method=args.method, n_keep=args.tokens, acgr_layer=args.acgr_layer,
+                           acgr_anchors=args.acgr_anchors, prune_options=_prune_options(args.prune_option),
+                           seed=args.seed, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                           device=args.device, verbose=args.verbose)
 
 
-def _answer_once(pipe: Pipeline, image: ImageTokens, args) -> None:
+def _answer_once(pipe: Pipeline, image: EncodedImage, args) -> None:
     params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     pieces = []
     for piece in pipe.ask(args.question, [image], params):
@@ -85,18 +107,21 @@ def _answer_once(pipe: Pipeline, image: ImageTokens, args) -> None:
             print(piece, end="", flush=True)
     if not args.json:
         print()
-    turn = pipe.turn
+    turn, image = pipe.turn, pipe.last_images[0]
     if args.json:
-        print(json.dumps(_report(pipe, image, "".join(pieces)), ensure_ascii=False))
+        print(json.dumps(_report(pipe, "".join(pieces)), ensure_ascii=False))
     elif args.verbose:
-        print(f"[{image.selection.features.shape[0]} of {image.n_full} image tokens; "
-              f"vision {image.timings_ms['vision']:.0f} ms, prune {image.timings_ms['prune']:.1f} ms, "
-              f"prefill {turn['prefill']:.0f} ms, first token {turn['first_token'] or 0:.0f} ms]", file=sys.stderr)
+        print(f"[{image.selection.features.shape[0]} of {image.n_full} image tokens, kappa "
+              f"{image.selection.kappa:.3f}; vision {image.timings_ms['vision']:.0f} ms, prune "
+              f"{image.timings_ms['prune']:.1f} ms, prefill {turn['prefill']:.0f} ms, first token "
+              f"{turn['first_token'] or 0:.0f} ms]", file=sys.stderr)
 
 
-def _report(pipe: Pipeline, image: ImageTokens, answer: str) -> dict:
-    turn = pipe.turn
+def _report(pipe: Pipeline, answer: str) -> dict:
+    turn, image = pipe.turn, pipe.last_images[0]
     stages = {stage: round(image.timings_ms[stage], 3) for stage in ("vision", "prune", "project")}
+    if "vision_saved_estimate" in image.timings_ms:
+        stages["vision_saved_estimate"] = round(image.timings_ms["vision_saved_estimate"], 3)
     decode_tps = (turn["decode_tokens"] - 1) / (turn["decode"] / 1000.0) if turn["decode"] > 0 else None
     return {
         "answer": answer,
@@ -104,18 +129,21 @@ def _report(pipe: Pipeline, image: ImageTokens, answer: str) -> dict:
         "method": pipe.options.method,
         "tokens": int(image.embeddings.shape[0]),
         "image_tokens_full": image.n_full,
-        "kappa": image.selection.kappa,
+        "kappa": round(image.selection.kappa, 6),
+        "used_tatcs": image.selection.used_tatcs,
+        "acgr_layer": pipe.acgr_layer,
         "timings_ms": {
             "load": round(pipe.load_ms["load"], 3), **stages,
             "prefill": round(turn["prefill"], 3),
             "first_token": None if turn["first_token"] is None else round(turn["first_token"], 3),
-            "total": round(pipe.load_ms["load"] + sum(image.timings_ms.values()) + turn["total"], 3),
+            "total": round(pipe.load_ms["load"] + sum(image.timings_ms[s] for s in ("vision", "prune", "project"))
+                           + turn["total"], 3),
         },
         "decode_tokens_per_s": None if decode_tps is None else round(decode_tps, 2),
     }
 
 
-def _interactive(pipe: Pipeline, first_image: ImageTokens, args) -> None:
+def _interactive(pipe: Pipeline, first_image: EncodedImage, args) -> None:
     """A chat about the image: follow-ups reuse the cache; /image PATH adds an image to the next question."""
     params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     pending = [first_image]
@@ -131,7 +159,7 @@ def _interactive(pipe: Pipeline, first_image: ImageTokens, args) -> None:
         try:
             if line.startswith("/image"):
                 pending.append(pipe.encode_image(line[len("/image"):].strip()))
-                print(f"[image added: {pending[-1].embeddings.shape[0]} tokens]", file=sys.stderr)
+                print(f"[image added: it goes in with your next question, as {pipe.n_keep} tokens]", file=sys.stderr)
             elif line == "/new":
                 pipe.new_chat()
                 pending = []

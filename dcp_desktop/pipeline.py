@@ -1,8 +1,13 @@
 """The whole data flow for one model, in order: image → vision → prune → project → inject → generate.
 
 `Pipeline` is what the front ends (CLI, GUI, eval) hold: it validates the two GGUF files, loads the
-vision tower (PyTorch) and the LLM (llama.cpp) once, turns each image into K projected embeddings,
-and streams answers. Every stage is timed, so `dcp-chat --json` can say where the time went.
+vision tower (PyTorch) and the LLM (llama.cpp) once, and then
+  - `encode_image`: image → CLIP features (with in-encoder ACGR when `acgr_layer` is set: the
+    blocks after that layer run on CLS + M anchor tokens only);
+  - `ask`: prunes each new image to K tokens *with the question* (text-aware methods need it),
+    projects the K tokens, injects them, and streams the answer. Images already in the
+    conversation are not pruned or sent again: follow-up questions reuse the cache.
+Every stage is timed, so `dcp-chat --json` can say where the time went.
 """
 
 from __future__ import annotations
@@ -19,17 +24,22 @@ from .engine import Engine, GenerationParams
 from .errors import InputError
 from .image import load_image, preprocess
 from .models import ModelFiles, ModelInfo, validate
-from .prune import METHODS, Selection, select
-from .vision import VisionTower
+from .prune import METHODS, TEXT_AWARE, Selection, select
+from .question import TokenEmbeddings
+from .vision import EncoderState, VisionTower
 
-DEFAULT_METHOD = "fastervlm"  # the strongest selector available until DCP-Prune lands
+DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
+ANCHORS_PER_TOKEN = 4  # in-encoder ACGR keeps M = 4·K anchors by default (M > K, see DESIGN.md)
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
     method: str = DEFAULT_METHOD
     n_keep: int = DEFAULT_TOKENS  # image tokens the LLM sees; ignored by "full"
+    acgr_layer: int | None = None  # prune inside the encoder after this many blocks (None: at the output)
+    acgr_anchors: int | None = None  # M tokens kept inside the encoder (None: 4·K)
+    prune_options: dict = field(default_factory=dict)  # knobs of the methods (prune.DEFAULT_OPTIONS)
     seed: int = 0  # for the "random" method
     n_ctx: int = 4096  # capped at the model's training context
     n_threads: int | None = None  # None: llama.cpp's and PyTorch's defaults
@@ -39,11 +49,24 @@ class PipelineOptions:
 
 
 @dataclass
+class EncodedImage:
+    """An image after the vision tower: the patch tokens pruning chooses from."""
+
+    features: np.ndarray  # (n, width): 576 patches, or M anchors after in-encoder ACGR
+    cls_attn: np.ndarray  # (n,) [CLS] attention of the last block
+    keys: np.ndarray  # (n, width) keys of the last block
+    masses: np.ndarray | None  # (n,) after in-encoder ACGR, else None (all 1)
+    patch_idx: np.ndarray | None  # (n,) grid patches after in-encoder ACGR, else None (all)
+    n_full: int  # 576
+    timings_ms: dict[str, float] = field(default_factory=dict)  # vision (+ vision_saved_estimate)
+
+
+@dataclass
 class ImageTokens:
-    """One image as the LLM will see it."""
+    """One image as the LLM sees it."""
 
     embeddings: np.ndarray  # (K, n_embd) float32
-    selection: Selection  # which patches were kept (indices in the 24×24 grid), their masses, κ
+    selection: Selection  # which patches were kept, their masses, κ
     n_full: int  # patches before pruning (576)
     timings_ms: dict[str, float] = field(default_factory=dict)  # vision, prune, project
 
@@ -55,15 +78,25 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
-def check_method(method: str, n_keep: int, n_patches: int) -> int:
-    """The number of image tokens for `method`; InputError for an unknown method or K out of range."""
-    if method not in METHODS:
-        raise InputError(f"--method: unknown '{method}'; choose one of {', '.join(METHODS)}")
-    if method == "full":
-        return n_patches
+def check_budget(options: PipelineOptions, n_patches: int, n_blocks: int) -> tuple[int, int | None, int]:
+    """(K, ACGR layer or None, M) for these options; InputError for anything out of range."""
+    if options.method not in METHODS:
+        raise InputError(f"--method: unknown '{options.method}'; choose one of {', '.join(METHODS)}")
+    n_keep = n_patches if options.method == "full" else options.n_keep
     if not 1 <= n_keep <= n_patches:
         raise InputError(f"--tokens: expected 1..{n_patches} image tokens, got {n_keep}")
-    return n_keep
+    layer = options.acgr_layer
+    if layer is None or layer == n_blocks:
+        return n_keep, None, n_patches
+    if options.method in ("full", "pool"):
+        raise InputError(f"--acgr-layer: method '{options.method}' needs all patches at the output; "
+                         "drop --acgr-layer or pick another method")
+    if not 1 <= layer < n_blocks:
+        raise InputError(f"--acgr-layer: expected 1..{n_blocks} (the encoder has {n_blocks} blocks), got {layer}")
+    anchors = options.acgr_anchors or min(n_patches, ANCHORS_PER_TOKEN * n_keep)
+    if not n_keep <= anchors <= n_patches:
+        raise InputError(f"--acgr-anchors: expected {n_keep}..{n_patches} (at least --tokens), got {anchors}")
+    return n_keep, layer, anchors
 
 
 class Pipeline:
@@ -73,19 +106,18 @@ class Pipeline:
         self.options = options
         self.load_ms: dict[str, float] = {}
         self.turn: dict[str, float | None] = {}  # the last ask(): see ask()
+        self.last_images: list[ImageTokens] = []  # the images the last ask() added
         with _timed(self.load_ms, "load"):
             self.info: ModelInfo = validate(files)  # cheap metadata checks before anything loads
-            self.n_keep = check_method(options.method, options.n_keep, self._n_patches())
             if options.n_threads:
                 torch.set_num_threads(options.n_threads)
             self.vision = VisionTower.from_gguf(files.mmproj, device=options.device)
+            cfg = self.vision.cfg
+            self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
                                  verbose=options.verbose)
-
-    def _n_patches(self) -> int:
-        side = self.info.vision["image_size"] // self.info.vision["patch_size"]
-        return side * side
+            self.token_embeddings = TokenEmbeddings(files.llm)
 
     def close(self) -> None:
         self.engine.close()
@@ -96,32 +128,79 @@ class Pipeline:
     def __exit__(self, *exc):
         self.close()
 
-    def encode_image(self, source) -> ImageTokens:
-        """An image (path, bytes or PIL image) → K projected embeddings, timed per stage."""
+    # --- vision ------------------------------------------------------------------------------
+
+    def encode_image(self, source) -> EncodedImage:
+        """An image (path, bytes or PIL image) → its patch tokens at the encoder's output."""
         cfg, timings = self.vision.cfg, {}
         image = load_image(source)
         with _timed(timings, "vision"):
             pixels = preprocess(image, image_size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std)
-            state = self.vision.encode(pixels)
-            features = state.patches.float().cpu().numpy()  # (576, width)
-            cls_attn = state.cls_attn.float().cpu().numpy()  # (576,)
+            if self.acgr_layer is None:
+                encoded = _as_encoded(self.vision.encode(pixels), None, cfg.n_patches)
+            else:
+                encoded = self._encode_with_acgr(pixels, timings)
+        encoded.timings_ms = timings
+        return encoded
+
+    @torch.inference_mode()
+    def _encode_with_acgr(self, pixels: np.ndarray, timings: dict) -> EncodedImage:
+        """Blocks < L on all tokens, ACGR to M anchors, blocks ≥ L on CLS + anchors (log-mass bias)."""
+        cfg, layer = self.vision.cfg, self.acgr_layer
+        start = time.perf_counter()
+        early = self.vision.encode(pixels, stop=layer)
+        per_block_ms = (time.perf_counter() - start) * 1000.0 / layer  # full-token cost of one block
+        anchors = select(early.patches.float().cpu().numpy(), early.cls_attn.float().cpu().numpy(),
+                         keys=early.keys.float().cpu().numpy(), n_keep=self.n_anchors, method="acgr",
+                         grid=(cfg.grid, cfg.grid), options=self.options.prune_options)
+        recovered = torch.as_tensor(np.array(anchors.features), device=self.vision.device, dtype=early.hidden.dtype)
+        hidden = torch.cat([early.hidden[:1], recovered])  # (1 + M, width): CLS first, anchors in patch order
+        bias = torch.log(torch.as_tensor(np.concatenate([[1.0], anchors.masses]), device=hidden.device,
+                                         dtype=hidden.dtype))
+        late_start = time.perf_counter()
+        late = self.vision.run_blocks(hidden, layer, cfg.n_blocks, attn_bias=bias)
+        late_ms = (time.perf_counter() - late_start) * 1000.0
+        # Estimate of what the skipped work would have cost: the later blocks at the per-block
+        # full-token time measured on the early blocks of this very image.
+        timings["vision_saved_estimate"] = max(0.0, per_block_ms * (cfg.n_blocks - layer) - late_ms)
+        return _as_encoded(late, anchors, cfg.n_patches)
+
+    # --- prune + project ---------------------------------------------------------------------
+
+    def question_features(self, question: str) -> np.ndarray | None:
+        """The question's token embeddings mapped into the vision feature space, (T, width)."""
+        ids = self.engine.tokenize(question)
+        if not ids:
+            return None  # text-aware methods fall back to text-free scores
+        return self.vision.text_to_features(self.token_embeddings.rows(ids))
+
+    def prepare(self, image: EncodedImage, question: str) -> ImageTokens:
+        """Prune an encoded image to K tokens for this question and project them."""
+        cfg, timings = self.vision.cfg, dict(image.timings_ms)
         with _timed(timings, "prune"):
-            selection = select(features, cls_attn, n_keep=self.n_keep, method=self.options.method,
-                               grid=(cfg.grid, cfg.grid), seed=self.options.seed)
+            text = self.question_features(question) if self.options.method in TEXT_AWARE else None
+            selection = select(image.features, image.cls_attn, keys=image.keys, masses=image.masses,
+                               patch_idx=image.patch_idx, text=text, n_keep=self.n_keep,
+                               method=self.options.method, grid=(cfg.grid, cfg.grid),
+                               options=self.options.prune_options, seed=self.options.seed)
         with _timed(timings, "project"):
             embeddings = self.vision.project(selection.features)  # (K, n_embd)
-        return ImageTokens(embeddings, selection, cfg.n_patches, timings)
+        return ImageTokens(embeddings, selection, image.n_full, timings)
 
-    def ask(self, question: str, images: list[ImageTokens] = (),
+    # --- language model ----------------------------------------------------------------------
+
+    def ask(self, question: str, images: list[EncodedImage] = (),
             params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        """Stream the answer to `question` about `images` (added to the conversation first).
-        When the stream ends, `self.turn` holds the turn's timings (ms) and token counts."""
+        """Stream the answer to `question` about new `images` (added to the conversation first).
+        When the stream ends, `self.turn` holds the turn's timings (ms) and token counts and
+        `self.last_images` the pruned images."""
         if not question.strip():
             raise InputError("question: empty; ask something about the image")
+        self.last_images = [self.prepare(image, question) for image in images]
         turn = self.turn = {"prefill": 0.0, "first_token": None, "decode_tokens": 0, "decode": 0.0}
         start = time.perf_counter()
         with _timed(turn, "prefill"):
-            self.engine.add_user_turn(question, [image.embeddings for image in images])
+            self.engine.add_user_turn(question, [image.embeddings for image in self.last_images])
         n_before = self.engine.n_past
         for piece in self.engine.generate(params):
             if turn["first_token"] is None:
@@ -134,3 +213,12 @@ class Pipeline:
 
     def new_chat(self) -> None:
         self.engine.new_chat()
+
+
+def _as_encoded(state: EncoderState, anchors: Selection | None, n_full: int) -> EncodedImage:
+    def numpy(x: torch.Tensor) -> np.ndarray:
+        return x.float().cpu().numpy()
+
+    return EncodedImage(features=numpy(state.patches), cls_attn=numpy(state.cls_attn), keys=numpy(state.keys),
+                        masses=None if anchors is None else np.array(anchors.masses),
+                        patch_idx=None if anchors is None else np.array(anchors.indices), n_full=n_full)

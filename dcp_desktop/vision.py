@@ -151,10 +151,21 @@ class VisionTower(torch.nn.Module):
         return self.run_blocks(self.embed(pixels), 0, self.cfg.n_blocks if stop is None else stop)
 
     @torch.inference_mode()
-    def project(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+    def project(self, features: np.ndarray) -> np.ndarray:
         """(k, width) patch features → (k, n_embd) float32 LLM embeddings."""
-        x = torch.tensor(np.asarray(features), device=self.device, dtype=self.class_embd.dtype)  # copy: input may be read-only
+        x = torch.tensor(np.asarray(features), device=self.device, dtype=self.class_embd.dtype)  # copy: may be read-only
         return self.mm2(F.gelu(self.mm0(x))).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def text_to_features(self, embeddings: np.ndarray) -> np.ndarray:
+        """(t, n_embd) LLM token embeddings → (t, width) directions in the vision feature space.
+
+        Text relevance compares image tokens with the question. Projecting all 576 tokens into the
+        LLM space would cost what pruning saves, so the question comes to the tokens instead,
+        through the projector's linear part: u = W0ᵀ W2ᵀ t, for which ⟨x, u⟩ = ⟨W2 W0 x, t⟩ (GELU and
+        biases left out; a first-order stand-in for ⟨P(x), t⟩)."""
+        t = torch.tensor(np.asarray(embeddings), device=self.device, dtype=self.class_embd.dtype)  # (t, n_embd)
+        return ((t @ self.mm2.weight) @ self.mm0.weight).float().cpu().numpy()  # (t, width)
 
 
 def read_config(reader: GGUFReader, path: Path) -> VisionConfig:

@@ -1,12 +1,479 @@
 // dcp.cpp — DCP-Prune: ACGR, TATCS and their combination behind dcp_prune (contracts in prune.h).
-// PLACEHOLDER while the methods are written: every call reports DCP_STATUS_BAD_METHOD.
+//
+// The NumPy twin (prune_reference/dcp.py) must make every choice this file makes (neighbours,
+// centres, clusters, representatives), so every score that is compared is built from the same
+// operations in the same order on both sides:
+//   - unit rows (exact_unit_rows): the norm is summed in double in fixed lanes, then each value
+//     is x·(1/norm) rounded to float32. (unit_rows in prune_internal.h sums in float, in an
+//     order NumPy's einsum does not replay, so its twins differ in the last bit.)
+//   - cosines of unit rows (cosine_f32): float32 products summed in 16 fixed lanes, which the
+//     compiler vectorises without reassociating (no -ffast-math) and NumPy replays lane by lane.
+//     Duplicate rows give bit-identical cosines, so their ties are exact on both sides.
+//   - everything after a cosine in double, with libm's exp for the spatial kernel.
+// Sums that only shape output features and masses are in double, in row order.
 
 #include "prune_internal.h"
 
-namespace dcp {
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
 
-dcp_status prune_acgr(const dcp_tokens &, const dcp_prune_params &, dcp_selection &) { return DCP_STATUS_BAD_METHOD; }
-dcp_status prune_tatcs(const dcp_tokens &, const dcp_prune_params &, dcp_selection &) { return DCP_STATUS_BAD_METHOD; }
-dcp_status prune_dcp(const dcp_tokens &, const dcp_prune_params &, dcp_selection &) { return DCP_STATUS_BAD_METHOD; }
+namespace dcp {
+namespace {
+
+constexpr double k_infinity = std::numeric_limits<double>::infinity();
+
+// dcp: a κ at or below this is float32 rounding noise (ACGR lost nothing), not a shift to act on;
+// the two implementations' κ may differ at that level, so it must not decide between stages.
+constexpr float k_kappa_noise = 1e-4f;
+
+// ---- replayable arithmetic -------------------------------------------------------------------
+
+// Σ a[k]·b[k] in a fixed order: lane l sums k = l, l + Lanes, ... in Acc; then the lanes are
+// added pairwise ((0+1), (2+3), ... then again) down to one.
+template <typename Acc, size_t Lanes, typename A, typename B>
+Acc lane_dot(const A * a, const B * b, size_t n) {
+    Acc lane[Lanes] = {};
+    size_t k = 0;
+    for (; k + Lanes <= n; k += Lanes) {
+        for (size_t l = 0; l < Lanes; ++l) {
+            lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
+        }
+    }
+    for (size_t l = 0; k + l < n; ++l) {
+        lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
+    }
+    for (size_t width = Lanes / 2; width > 0; width /= 2) {
+        for (size_t l = 0; l < width; ++l) {
+            lane[l] = lane[2 * l] + lane[2 * l + 1];
+        }
+    }
+    return lane[0];
+}
+
+// ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
+double cosine_f32(const float * a, const float * b, size_t n) {
+    return double(lane_dot<float, 16>(a, b, n));
+}
+
+// ⟨a, b⟩ summed in double in 8 lanes (a float·float product is exact in double).
+template <typename A, typename B>
+double dot_f64(const A * a, const B * b, size_t n) {
+    return lane_dot<double, 8>(a, b, n);
+}
+
+// Row-major float32 unit rows.
+struct unit_set {
+    std::vector<float> data;  // (n_rows, n_cols)
+    size_t             n_cols;
+
+    const float * row(int32_t i) const { return data.data() + size_t(i) * n_cols; }
+};
+
+// Rows of float32 or double scaled to unit length, bit-identical to the NumPy twin; all-zero
+// rows stay zero.
+template <typename T>
+unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
+    const size_t d = size_t(n_cols);
+    unit_set unit{std::vector<float>(size_t(n_rows) * d), d};
+    for (size_t i = 0; i < size_t(n_rows); ++i) {
+        const T * row = x + i * d;
+        const double norm = std::sqrt(dot_f64(row, row, d));
+        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
+        for (size_t j = 0; j < d; ++j) {
+            unit.data[i * d + j] = float(double(row[j]) * scale);
+        }
+    }
+    return unit;
+}
+
+unit_set feature_unit_rows(const dcp_tokens & t) {
+    return exact_unit_rows(t.features, t.n_tokens, t.n_dim);
+}
+
+// What ACGR compares semantically: keys when given, else features (as unit_semantic_rows).
+unit_set semantic_unit_rows(const dcp_tokens & t) {
+    return t.keys ? exact_unit_rows(t.keys, t.n_tokens, t.n_dim_keys) : feature_unit_rows(t);
+}
+
+// The row with the highest score among those not excluded; ties go to the lower row.
+int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded) {
+    int32_t best = -1;
+    for (size_t i = 0; i < score.size(); ++i) {
+        if (!excluded[i] && (best < 0 || score[i] > score[size_t(best)])) {
+            best = int32_t(i);
+        }
+    }
+    return best;
+}
+
+// A stage's result: token k sits on input row rows[k].
+struct merged_tokens {
+    index_list         rows;      // (K,)
+    std::vector<float> features;  // (K, d)
+    std::vector<float> masses;    // (K,)
+};
+
+// ---- acgr ------------------------------------------------------------------------------------
+
+// λ·exp(-(Δr² + Δc²) / (2σ²)) between two patches, as λ·(g(|Δr|)·g(|Δc|)) from per-axis tables
+// g(k) = exp(-k² / (2σ²)): N·M kernel values for grid_h + grid_w calls to exp.
+struct spatial_kernel {
+    std::vector<double> along_rows;  // (grid_h,)
+    std::vector<double> along_cols;  // (grid_w,)
+    double              weight;
+    int32_t             grid_w;
+
+    spatial_kernel(const dcp_tokens & t, const dcp_options & o)
+        : along_rows(axis_table(t.grid_h, o.acgr_spatial_sigma)),
+          along_cols(axis_table(t.grid_w, o.acgr_spatial_sigma)),
+          weight(o.acgr_spatial_weight), grid_w(t.grid_w) {}
+
+    static std::vector<double> axis_table(int32_t n, float sigma) {
+        const double s = sigma;
+        std::vector<double> g(static_cast<size_t>(n));
+        for (int32_t k = 0; k < n; ++k) {
+            g[size_t(k)] = std::exp(-(double(k) * double(k)) / (2.0 * s * s));
+        }
+        return g;
+    }
+
+    double operator()(int32_t patch_a, int32_t patch_b) const {
+        const int32_t rows = std::abs(patch_a / grid_w - patch_b / grid_w);
+        const int32_t cols = std::abs(patch_a % grid_w - patch_b % grid_w);
+        return weight * (along_rows[size_t(rows)] * along_cols[size_t(cols)]);
+    }
+};
+
+// ρ_c = clamp(s_c / s̄, 0, 1): how much of its content a context row hands over (1 when s̄ <= 0).
+std::vector<double> handover_weights(const dcp_tokens & t) {
+    double total = 0.0;
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        total += t.cls_attn[i];
+    }
+    const double mean = total / t.n_tokens;
+    std::vector<double> rho(size_t(t.n_tokens), 1.0);
+    for (size_t i = 0; mean > 0.0 && i < rho.size(); ++i) {
+        rho[i] = std::min(1.0, std::max(0.0, double(t.cls_attn[i]) / mean));
+    }
+    return rho;
+}
+
+// Per anchor: Σ of (weight · feature) and of weight, seeded with the anchor itself, and the
+// absorbed mass. Anchors are addressed by their position in the ascending anchor list.
+struct recovery {
+    std::vector<double> numerator;    // (M, d)
+    std::vector<double> denominator;  // (M,)
+    std::vector<double> mass;         // (M,)
+};
+
+recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
+    const size_t d = size_t(t.n_dim);
+    recovery r{std::vector<double>(anchors.size() * d), std::vector<double>(anchors.size()),
+               std::vector<double>(anchors.size())};
+    for (size_t a = 0; a < anchors.size(); ++a) {
+        const double m = mass_of(t, anchors[a]);
+        const float * x = t.features + size_t(anchors[a]) * d;
+        for (size_t j = 0; j < d; ++j) {
+            r.numerator[a * d + j] = m * double(x[j]);
+        }
+        r.denominator[a] = m;
+        r.mass[a] = m;
+    }
+    return r;
+}
+
+// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel, for every anchor a.
+void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
+                       const spatial_kernel & spatial, int32_t row, std::vector<double> & affinity) {
+    for (size_t a = 0; a < anchors.size(); ++a) {
+        affinity[a] = cosine_f32(u.row(row), u.row(anchors[a]), u.n_cols)
+                    + spatial(patch_of(t, row), patch_of(t, anchors[a]));
+    }
+}
+
+// Context row `row` hands ρ·w of its feature mass-weighted (and w of its mass) to each of its
+// positively linked anchors: order[0 .. n_neighbors) by affinity, best first, so the positive
+// links are a prefix; w = affinity / Σ positive affinities.
+void absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
+            const index_list & order, int32_t n_neighbors, recovery & r) {
+    int32_t n_links = 0;
+    double total = 0.0;
+    for (; n_links < n_neighbors && affinity[size_t(order[size_t(n_links)])] > 0.0; ++n_links) {
+        total += affinity[size_t(order[size_t(n_links)])];
+    }
+    const size_t d = size_t(t.n_dim);
+    const double m = mass_of(t, row);
+    const float * x = t.features + size_t(row) * d;
+    for (size_t k = 0; k < size_t(n_links); ++k) {
+        const size_t a = size_t(order[k]);
+        const double w = affinity[a] / total;
+        const double pull = w * rho * m;
+        double * numerator = r.numerator.data() + a * d;
+        for (size_t j = 0; j < d; ++j) {
+            numerator[j] += pull * double(x[j]);
+        }
+        r.denominator[a] += pull;
+        r.mass[a] += w * m;
+    }
+}
+
+merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, const recovery & r) {
+    const size_t d = size_t(t.n_dim);
+    merged_tokens out{anchors, std::vector<float>(anchors.size() * d), std::vector<float>(anchors.size())};
+    for (size_t a = 0; a < anchors.size(); ++a) {
+        for (size_t j = 0; j < d; ++j) {
+            out.features[a * d + j] = float(r.numerator[a * d + j] / r.denominator[a]);
+        }
+        out.masses[a] = float(r.mass[a]);
+    }
+    return out;
+}
+
+// ACGR with n_anchors anchors (contract in prune.h); u = semantic_unit_rows(t).
+merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, const dcp_options & o,
+                                      const unit_set & u) {
+    index_list anchors = top_k(t.cls_attn, t.n_tokens, n_anchors);
+    std::sort(anchors.begin(), anchors.end());  // positions ascend with rows: ties go to the lower row
+    std::vector<uint8_t> is_anchor(size_t(t.n_tokens), 0);
+    for (int32_t a : anchors) {
+        is_anchor[size_t(a)] = 1;
+    }
+    const spatial_kernel spatial(t, o);
+    const std::vector<double> rho = handover_weights(t);
+    const int32_t n_neighbors = std::min(o.acgr_n_neighbors, n_anchors);
+    recovery r = start_recovery(t, anchors);
+    std::vector<double> affinity(anchors.size());  // (M,) scratch
+    index_list order(anchors.size());              // (M,) scratch
+    const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
+        return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
+    };
+    for (int32_t row = 0; row < t.n_tokens; ++row) {
+        if (is_anchor[size_t(row)]) {
+            continue;
+        }
+        anchor_affinities(t, u, anchors, spatial, row, affinity);
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
+        absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r);
+    }
+    return finish_recovery(t, anchors, r);
+}
+
+// ---- tatcs -----------------------------------------------------------------------------------
+
+// r̃: max_j cos(x_i, text_j) min-max normalised to [0, 1]; all 1 without text or when constant.
+std::vector<double> normalised_relevance(const dcp_tokens & t, const unit_set & x) {
+    std::vector<double> relevance(size_t(t.n_tokens), 1.0);
+    if (!t.text || t.n_text < 1) {
+        return relevance;
+    }
+    const unit_set words = exact_unit_rows(t.text, t.n_text, t.n_dim);
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        double best = -k_infinity;
+        for (int32_t w = 0; w < t.n_text; ++w) {
+            best = std::max(best, cosine_f32(x.row(i), words.row(w), x.n_cols));
+        }
+        relevance[size_t(i)] = best;
+    }
+    const auto [lo, hi] = std::minmax_element(relevance.begin(), relevance.end());
+    const double low = *lo, range = *hi - *lo;
+    for (double & r : relevance) {
+        r = range > 0.0 ? (r - low) / range : 1.0;
+    }
+    return relevance;
+}
+
+// Seed score g = s̃·r̃ with s̃ = s / max s (1 when max s <= 0); all 1 when max g <= 0.
+std::vector<double> seed_scores(const dcp_tokens & t, const std::vector<double> & relevance) {
+    const double s_max = *std::max_element(t.cls_attn, t.cls_attn + t.n_tokens);
+    std::vector<double> seed(relevance.size());
+    for (size_t i = 0; i < seed.size(); ++i) {
+        seed[i] = (s_max > 0.0 ? double(t.cls_attn[i]) / s_max : 1.0) * relevance[i];
+    }
+    if (*std::max_element(seed.begin(), seed.end()) <= 0.0) {
+        std::fill(seed.begin(), seed.end(), 1.0);
+    }
+    return seed;
+}
+
+struct cluster_centres {
+    index_list         rows;        // (K,) in the order chosen
+    std::vector<float> similarity;  // (K, n): ⟨x̂_i, x̂_centre_k⟩, reused by the assignment
+};
+
+// The next centre: the non-centre farthest from every centre, favouring high seed scores
+// (distance·(½ + ½·g/max g)); when no distance is left (only duplicates), the best seed.
+int32_t next_centre(const std::vector<double> & min_distance, const std::vector<double> & preference,
+                    const std::vector<double> & seed, const std::vector<uint8_t> & is_centre,
+                    std::vector<double> & score) {
+    for (size_t i = 0; i < score.size(); ++i) {
+        score[i] = min_distance[i] * preference[i];
+    }
+    const int32_t best = best_row(score, is_centre);
+    return score[size_t(best)] > 0.0 ? best : best_row(seed, is_centre);
+}
+
+// Greedy representative initialisation: K centres, starting from the best seed score.
+cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & seed, int32_t n_centres) {
+    const size_t n = seed.size();
+    const double seed_max = *std::max_element(seed.begin(), seed.end());
+    std::vector<double> preference(n), min_distance(n, k_infinity), score(n);
+    for (size_t i = 0; i < n; ++i) {
+        preference[i] = 0.5 + 0.5 * seed[i] / seed_max;
+    }
+    std::vector<uint8_t> is_centre(n, 0);
+    cluster_centres c{{}, std::vector<float>(size_t(n_centres) * n)};
+    c.rows.reserve(size_t(n_centres));
+    int32_t next = best_row(seed, is_centre);
+    for (size_t k = 0; k < size_t(n_centres); ++k) {
+        c.rows.push_back(next);
+        is_centre[size_t(next)] = 1;
+        float * similarity = c.similarity.data() + k * n;
+        for (size_t i = 0; i < n; ++i) {
+            similarity[i] = float(cosine_f32(x.row(int32_t(i)), x.row(next), x.n_cols));
+            min_distance[i] = std::min(min_distance[i], 1.0 - double(similarity[i]));
+        }
+        if (k + 1 < size_t(n_centres)) {
+            next = next_centre(min_distance, preference, seed, is_centre, score);
+        }
+    }
+    return c;
+}
+
+// cluster[i] = the centre (position in c.rows) maximising ⟨x̂_i, x̂_c⟩ - λ_t·|r̃_i - r̃_c|;
+// ties go to the centre chosen earlier; centres belong to themselves.
+index_list assign_clusters(const cluster_centres & c, const std::vector<double> & relevance, float text_weight) {
+    const size_t n = relevance.size();
+    const auto score = [&](size_t i, size_t k) {
+        const double gap = std::fabs(relevance[i] - relevance[size_t(c.rows[k])]);
+        return double(c.similarity[k * n + i]) - double(text_weight) * gap;
+    };
+    index_list cluster(n, -1);
+    for (size_t k = 0; k < c.rows.size(); ++k) {
+        cluster[size_t(c.rows[k])] = int32_t(k);
+    }
+    for (size_t i = 0; i < n; ++i) {
+        if (cluster[i] >= 0) {
+            continue;
+        }
+        cluster[i] = 0;
+        for (size_t k = 1; k < c.rows.size(); ++k) {
+            if (score(i, k) > score(i, size_t(cluster[i]))) {
+                cluster[i] = int32_t(k);
+            }
+        }
+    }
+    return cluster;
+}
+
+// μ_Q per cluster: the unit vector of Σ m_i·x̂_i (summed in double in row order).
+unit_set cluster_directions(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters) {
+    const size_t d = x.n_cols;
+    std::vector<double> sum(n_clusters * d, 0.0);  // (K, d)
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        const double m = mass_of(t, i);
+        double * s = sum.data() + size_t(cluster[size_t(i)]) * d;
+        for (size_t j = 0; j < d; ++j) {
+            s[j] += m * double(x.row(i)[j]);
+        }
+    }
+    return exact_unit_rows(sum.data(), int32_t(n_clusters), int32_t(d));
+}
+
+// Per cluster, the member with the best η·r̃_i + (1-η)·⟨x̂_i, μ_Q⟩; ties go to the lower row.
+index_list reselect(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters,
+                    const std::vector<double> & relevance, float relevance_mix) {
+    const unit_set mu = cluster_directions(t, x, cluster, n_clusters);
+    const double eta = relevance_mix;
+    index_list representative(n_clusters, -1);
+    std::vector<double> best(n_clusters, -k_infinity);
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        const size_t k = size_t(cluster[size_t(i)]);
+        const double centrality = cosine_f32(x.row(i), mu.row(int32_t(k)), x.n_cols);
+        const double score = eta * relevance[size_t(i)] + (1.0 - eta) * centrality;
+        if (representative[k] < 0 || score > best[k]) {
+            best[k] = score;
+            representative[k] = i;
+        }
+    }
+    return representative;
+}
+
+// Each cluster merged into its representative: ω_i = m_i·max(0, ⟨x̂_i, x̂_rep⟩), ω_rep = m_rep,
+// feature = Σ ω_i·x_i / Σ ω_i, mass = Σ m_i.
+merged_tokens merge_into_representatives(const dcp_tokens & t, const unit_set & x, const index_list & cluster,
+                                         const index_list & representative) {
+    const size_t d = size_t(t.n_dim), n_clusters = representative.size();
+    std::vector<double> sum(n_clusters * d, 0.0), weight(n_clusters, 0.0), mass(n_clusters, 0.0);
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        const size_t k = size_t(cluster[size_t(i)]);
+        const int32_t rep = representative[k];
+        const double m = mass_of(t, i);
+        const double omega = i == rep ? m : m * std::max(0.0, cosine_f32(x.row(i), x.row(rep), d));
+        const float * feature = t.features + size_t(i) * d;
+        for (size_t j = 0; j < d; ++j) {
+            sum[k * d + j] += omega * double(feature[j]);
+        }
+        weight[k] += omega;
+        mass[k] += m;
+    }
+    merged_tokens out{representative, std::vector<float>(n_clusters * d), std::vector<float>(n_clusters)};
+    for (size_t k = 0; k < n_clusters; ++k) {
+        for (size_t j = 0; j < d; ++j) {
+            out.features[k * d + j] = float(sum[k * d + j] / weight[k]);
+        }
+        out.masses[k] = float(mass[k]);
+    }
+    return out;
+}
+
+// TATCS on all input rows with n_clusters clusters (contract in prune.h); x = feature_unit_rows(t).
+merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clusters, const dcp_options & o,
+                                           const unit_set & x) {
+    const std::vector<double> relevance = normalised_relevance(t, x);
+    const cluster_centres centres = greedy_centres(x, seed_scores(t, relevance), n_clusters);
+    const index_list cluster = assign_clusters(centres, relevance, o.tatcs_text_weight);
+    const index_list representative =
+        reselect(t, x, cluster, size_t(n_clusters), relevance, o.tatcs_relevance_mix);
+    return merge_into_representatives(t, x, cluster, representative);
+}
+
+void emit(const dcp_tokens & t, const merged_tokens & m, dcp_selection & out) {
+    emit_merged(t, m.rows, m.features, m.masses, out);
+}
+
+} // namespace
+
+// ---- the methods (contracts in prune.h) ----------------------------------------------------------
+
+dcp_status prune_acgr(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
+    emit(t, anchor_context_recovery(t, p.n_keep, p.options, semantic_unit_rows(t)), out);
+    return DCP_STATUS_OK;
+}
+
+dcp_status prune_tatcs(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
+    emit(t, text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t)), out);
+    out.used_tatcs = true;
+    return DCP_STATUS_OK;
+}
+
+dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
+    const unit_set semantic = semantic_unit_rows(t);
+    const merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
+    const float kappa = dcp_kappa(t.features, t.masses_in, t.n_tokens, recovered.features.data(),
+                                  recovered.masses.data(), p.n_keep, t.n_dim);
+    if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
+        emit(t, recovered, out);
+        return DCP_STATUS_OK;
+    }
+    // Without keys, ACGR's unit rows are TATCS's unit feature rows: reuse them.
+    emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
+                   : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
+    out.used_tatcs = true;
+    return DCP_STATUS_OK;
+}
 
 } // namespace dcp

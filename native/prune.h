@@ -99,11 +99,44 @@ enum dcp_method {
     // j and, for every unpicked i, e_i = (L_ji - ⟨c_j, c_i⟩) / sqrt(d2_j), append e_i to c_i,
     // d2_i -= e_i². Features and input masses copied.
     DCP_METHOD_CDPRUNER = 6,
-    // DCP-Prune stage 1 only: Anchor-Context Graph Recovery (n_keep anchors absorb the rest).
+    // ACGR, TATCS and DCP-Prune share these rules. s = cls_attn (needed), m_i = input mass,
+    // (row_i, col_i) = grid position of token i's patch. Every dot product below is summed in
+    // L lanes (lane l sums j = l, l+L, ...; the lanes are then added pairwise, (0+1), (2+3), ...),
+    // so a twin can replay it bit for bit. Unit row x̂ = float32(x·(1/|x|)) with |x|² summed in
+    // double, L = 8 (zero rows stay zero). cos(x̂, ŷ) = their float32 dot product, L = 16,
+    // widened to double; duplicate rows tie exactly. Scores are then computed in double.
+    // Ties go to the lower row.
+    //
+    // ACGR (Anchor-Context Graph Recovery): anchors A = the n_keep rows of largest s (as
+    // fastervlm); context C = the other rows. u = unit rows of keys when given, else features.
+    // affinity(c, a) = cos(u_c, u_a) + λ·(g(|row_c - row_a|)·g(|col_c - col_a|)),
+    // g(k) = exp(-k² / (2σ²)) (libm), so λ·exp(-(grid distance)² / (2σ²)) up to rounding;
+    // λ = options.acgr_spatial_weight, σ = options.acgr_spatial_sigma. Each context row links to
+    // its min(options.acgr_n_neighbors, n_keep) anchors of highest affinity (ties: the lower
+    // anchor row); only links with affinity > 0 count, with w_ca = affinity / Σ of c's counted
+    // affinities (a row with none is dropped). ρ_c = clamp(s_c / mean s, 0, 1) (1 when
+    // mean s <= 0). Anchor a keeps its row, with feature (m_a·x_a + Σ_c w_ca·ρ_c·m_c·x_c) /
+    // (m_a + Σ_c w_ca·ρ_c·m_c) and mass m_a + Σ_c w_ca·m_c: the masses add up to the input's,
+    // less the dropped rows' (none when λ > 0 and no cosine is negative). n_keep == n_tokens
+    // returns the input.
     DCP_METHOD_ACGR = 7,
-    // DCP-Prune stage 3 only: Text-Aware Token Cluster Selection on all input tokens.
+    // TATCS (Text-Aware Token Cluster Selection), n_keep clusters of all input rows, x̂ = unit
+    // feature rows. s̃ = s / max s (1 when max s <= 0); relevance r_i = max_j cos(x̂_i, text_j),
+    // r̃ = (r - min r) / (max r - min r), all 1 without text or when max == min; seed score
+    // g = s̃·r̃ (all 1 when max g <= 0).
+    // Centres: first argmax g; with D_i = min over centres c of 1 - cos(x̂_i, x̂_c), next = the
+    // non-centre maximising D_i·(½ + ½·g_i / max g), or, when that maximum is <= 0 (only
+    // duplicates left), the non-centre maximising g. Assignment: each non-centre joins the
+    // centre maximising cos(x̂_i, x̂_c) - λ_t·|r̃_i - r̃_c| (λ_t = options.tatcs_text_weight; ties:
+    // the centre chosen first). Reselection: μ_Q = unit(Σ_{i∈Q} m_i·x̂_i); representative = the
+    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). Merge:
+    // ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep; the output token sits on the
+    // representative's row with feature Σ ω_i·x_i / Σ ω_i and mass Σ_{i∈Q} m_i.
+    // used_tatcs = true.
     DCP_METHOD_TATCS = 8,
-    // DCP-Prune: ACGR, then TATCS when κ(ACGR output) > options.tau.
+    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output). If
+    // κ_a > max(options.tau, 1e-4), the result of TATCS on the input (used_tatcs = true), else
+    // ACGR's (used_tatcs = false). A κ_a of 1e-4 or less is rounding noise: ACGR lost nothing.
     DCP_METHOD_DCP = 9,
     DCP_METHOD_COUNT, // number of methods; not a method
 };

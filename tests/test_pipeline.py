@@ -21,27 +21,58 @@ def pipe(tiny):
         yield pipeline
 
 
-def _turn_tokens(pipe, question: str, images, first_turn: bool) -> int:
-    """Text tokens + image rows one user turn adds, counted from the tokenizer and the arrays."""
-    engine = pipe.engine
+def _turn_tokens(pipe, question: str, first_turn: bool) -> int:
+    """Text tokens + image rows the last user turn added, counted from the tokenizer and the arrays."""
+    engine, images = pipe.engine, pipe.last_images
     head = len(engine.tokenize("USER:")) + (0 if first_turn else 1)  # + </s> closing the last answer
     tail = len(engine.tokenize(("\n" if images else " ") + question + " ASSISTANT:"))
     return head + sum(len(image.embeddings) for image in images) + tail
 
 
-@pytest.mark.parametrize("method,n_keep,expected_rows", [("fastervlm", 16, 16), ("pool", 16, 16),
-                                                         ("random", 8, 8), ("full", 16, 576)])
-def test_llm_sees_exactly_k_image_rows(tiny, image_path, method, n_keep, expected_rows):
-    options = PipelineOptions(method=method, n_keep=n_keep, n_ctx=2048)
+@pytest.mark.parametrize("method,n_keep,acgr_layer,expected_rows", [
+    ("dcp", 16, None, 16), ("dcp", 16, 1, 16), ("fastervlm", 16, None, 16), ("pool", 16, None, 16),
+    ("random", 8, None, 8), ("visionzip", 16, None, 16), ("divprune", 16, None, 16),
+    ("cdpruner", 16, None, 16), ("acgr", 16, 2, 16), ("tatcs", 16, None, 16), ("full", 16, None, 576)])
+def test_llm_sees_exactly_k_image_rows(tiny, image_path, method, n_keep, acgr_layer, expected_rows):
+    options = PipelineOptions(method=method, n_keep=n_keep, acgr_layer=acgr_layer, n_ctx=2048)
     with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
         image = pipe.encode_image(image_path)
-        assert image.embeddings.shape == (expected_rows, pipe.engine.n_embd)
+        assert len(image.features) == (576 if acgr_layer is None else 4 * n_keep)
         before = pipe.engine.kv_positions()
         answer = "".join(pipe.ask("What is in the image?", [image], SHORT))
         assert isinstance(answer, str)
+        assert pipe.last_images[0].embeddings.shape == (expected_rows, pipe.engine.n_embd)
         added = pipe.engine.kv_positions() - before
-        assert added == _turn_tokens(pipe, "What is in the image?", [image], True) + pipe.turn["decode_tokens"]
+        assert added == _turn_tokens(pipe, "What is in the image?", True) + pipe.turn["decode_tokens"]
         assert pipe.engine.kv_positions() == pipe.engine.n_past  # Llama.n_tokens agrees with llama.cpp
+
+
+def test_in_encoder_acgr_keeps_masses_and_grid_positions(tiny, image_path):
+    options = PipelineOptions(method="dcp", n_keep=8, acgr_layer=2, acgr_anchors=40, n_ctx=2048)
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        image = pipe.encode_image(image_path)
+        assert image.features.shape == (40, pipe.vision.cfg.width)
+        assert image.masses.sum() == pytest.approx(576, rel=1e-4)  # spatial links absorb every patch
+        assert np.all(np.diff(image.patch_idx) > 0) and image.patch_idx.max() < 576
+        assert image.timings_ms["vision_saved_estimate"] >= 0
+        tokens = pipe.prepare(image, "What is in the image?")
+        assert set(tokens.selection.indices) <= set(image.patch_idx)
+
+
+@pytest.mark.parametrize("layer,anchors,match", [(0, None, "--acgr-layer"), (9, None, "--acgr-layer"),
+                                                 (1, 8, "--acgr-anchors")])
+def test_bad_in_encoder_settings_are_clear_errors(tiny, layer, anchors, match):
+    options = PipelineOptions(n_keep=16, acgr_layer=layer, acgr_anchors=anchors)
+    with pytest.raises(InputError, match=match):
+        Pipeline(resolve(str(tiny.dir), None), options)
+
+
+def test_question_embeddings_are_token_embd_rows(pipe, tiny):
+    ids = pipe.engine.tokenize("What is in the image?")
+    rows = pipe.token_embeddings.rows(ids)
+    expected = tiny.model.model.language_model.embed_tokens.weight[ids].detach().numpy()
+    np.testing.assert_allclose(rows, expected, atol=1e-6)
+    assert pipe.question_features("What is in the image?").shape == (len(ids), pipe.vision.cfg.width)
 
 
 def test_follow_up_reuses_the_cache(pipe, image_path):
@@ -52,7 +83,7 @@ def test_follow_up_reuses_the_cache(pipe, image_path):
     after_first = pipe.engine.kv_positions()
     "".join(pipe.ask("how many?", [], SHORT))
     # Only the follow-up's text and answer were decoded: the image rows were not sent again.
-    assert pipe.engine.kv_positions() - after_first == _turn_tokens(pipe, "how many?", [], False) \
+    assert pipe.engine.kv_positions() - after_first == _turn_tokens(pipe, "how many?", False) \
         + pipe.turn["decode_tokens"]
 
 
@@ -64,7 +95,8 @@ def test_several_images_in_one_conversation(pipe, image_path, tmp_path):
     images = [pipe.encode_image(image_path), pipe.encode_image(second)]
     before = pipe.engine.kv_positions()
     "".join(pipe.ask("compare them", images, SHORT))
-    assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, "compare them", images, True) \
+    assert len(pipe.last_images) == 2
+    assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, "compare them", True) \
         + pipe.turn["decode_tokens"]
     "".join(pipe.ask("and the third?", [pipe.encode_image(image_path)], SHORT))  # an image mid-chat
 

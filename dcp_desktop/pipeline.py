@@ -117,7 +117,8 @@ class Pipeline:
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
                                  verbose=options.verbose)
-            self.token_embeddings = TokenEmbeddings(files.llm)
+            # Text-aware methods read question embeddings from the LLM file: open it once, here.
+            self.token_embeddings = TokenEmbeddings(files.llm) if options.method in TEXT_AWARE else None
 
     def close(self) -> None:
         self.engine.close()

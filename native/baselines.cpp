@@ -1,45 +1,21 @@
 // baselines.cpp — VisionZip, DivPrune and CDPruner behind dcp_prune (contracts in prune.h).
 //
-// Every score is a cosine computed in double from the raw float32 rows, and every dot product
-// is summed in one fixed order (dot_f64). The NumPy twin (prune_reference/baselines.py) sums in
-// the same order, so both get the same bits and break every tie the same way. Float32 unit rows
-// (unit_rows) would not do: their twins differ in the last bit, which turns the exact ties of
-// duplicate rows into ties broken by rounding noise.
+// Every score is a cosine computed in double from the raw float32 rows, with every dot product
+// summed by dot_f64 (prune_internal.h), whose order the NumPy twin (prune_reference/baselines.py)
+// replays: both get the same bits and break every tie the same way, including the exact ties
+// of duplicate rows.
 
 #include "prune_internal.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 namespace dcp {
 namespace {
 
-constexpr double k_infinity = std::numeric_limits<double>::infinity();
-
 // ---- exact cosines ---------------------------------------------------------------------------
-
-constexpr size_t k_lanes = 8;
-
-// Σ a[k]·b[k] in double, in a fixed order: lane l sums k = l, l + 8, l + 16, ... and the 8 lane
-// sums are then added pairwise. The independent lanes let the compiler vectorise without
-// reassociating. A float·float product is exact in double.
-template <typename A, typename B>
-double dot_f64(const A * a, const B * b, size_t n) {
-    double lane[k_lanes] = {};
-    size_t k = 0;
-    for (; k + k_lanes <= n; k += k_lanes) {
-        for (size_t l = 0; l < k_lanes; ++l) {
-            lane[l] += double(a[k + l]) * double(b[k + l]);
-        }
-    }
-    for (size_t l = 0; k + l < n; ++l) {
-        lane[l] += double(a[k + l]) * double(b[k + l]);
-    }
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
 
 // cos from a dot product and the two squared norms; 0 when either vector is zero (as a zero
 // unit row). A row with itself, or with a duplicate, gives exactly 1: sqrt(s·s) == s in IEEE.
@@ -68,19 +44,6 @@ struct row_set {
 // cos(a_i, b_j) for rows of two sets of the same width.
 double cos_rows(const row_set & a, int32_t i, const row_set & b, int32_t j) {
     return cosine(dot_f64(a.row(i), b.row(j), a.n_cols), a.norm2[size_t(i)], b.norm2[size_t(j)]);
-}
-
-// ---- greedy selection ------------------------------------------------------------------------
-
-// The unpicked row with the highest score; ties go to the lower row.
-int32_t best_unpicked(const std::vector<double> & score, const std::vector<uint8_t> & picked) {
-    int32_t best = -1;
-    for (size_t i = 0; i < score.size(); ++i) {
-        if (!picked[i] && (best < 0 || score[i] > score[size_t(best)])) {
-            best = int32_t(i);
-        }
-    }
-    return best;
 }
 
 // ---- visionzip -------------------------------------------------------------------------------
@@ -309,7 +272,7 @@ dcp_status prune_divprune(const dcp_tokens & t, const dcp_prune_params & p, dcp_
                 min_distance[size_t(i)] = std::min(min_distance[size_t(i)], 1.0 - cos_rows(x, i, x, next));
             }
         }
-        next = best_unpicked(min_distance, picked);
+        next = best_row(min_distance, picked);
     }
     emit_selection(t, rows, out);
     return DCP_STATUS_OK;
@@ -325,7 +288,7 @@ dcp_status prune_cdpruner(const dcp_tokens & t, const dcp_prune_params & p, dcp_
     }
     index_list rows;
     for (size_t step = 0; step < size_t(p.n_keep); ++step) {
-        const int32_t j = best_unpicked(s.d2, s.picked);
+        const int32_t j = best_row(s.d2, s.picked);
         if (s.d2[size_t(j)] < k_exhausted_gain) {
             fill_by_weight(w, s.picked, p.n_keep, rows);
             break;

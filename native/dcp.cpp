@@ -3,11 +3,10 @@
 // The NumPy twin (prune_reference/dcp.py) must make every choice this file makes (neighbours,
 // centres, clusters, representatives), so every score that is compared is built from the same
 // operations in the same order on both sides:
-//   - unit rows (exact_unit_rows): the norm is summed in double in fixed lanes, then each value
-//     is x·(1/norm) rounded to float32. (unit_rows in prune_internal.h sums in float, in an
-//     order NumPy's einsum does not replay, so its twins differ in the last bit.)
-//   - cosines of unit rows (cosine_f32): float32 products summed in 16 fixed lanes, which the
-//     compiler vectorises without reassociating (no -ffast-math) and NumPy replays lane by lane.
+//   - unit rows (exact_unit_rows): the norm summed by dot_f64 (double, 8 lanes), then each value
+//     is x·(1/norm) rounded to float32.
+//   - cosines of unit rows (cosine_f32): float32 products summed by lane_dot in 16 lanes, which
+//     the compiler vectorises without reassociating (no -ffast-math) and NumPy replays lane by lane.
 //     Duplicate rows give bit-identical cosines, so their ties are exact on both sides.
 //   - everything after a cosine in double, with libm's exp for the spatial kernel.
 // Sums that only shape output features and masses are in double, in row order.
@@ -16,14 +15,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <numeric>
 #include <vector>
 
 namespace dcp {
 namespace {
-
-constexpr double k_infinity = std::numeric_limits<double>::infinity();
 
 // dcp: a κ at or below this is float32 rounding noise (ACGR lost nothing), not a shift to act on;
 // the two implementations' κ may differ at that level, so it must not decide between stages.
@@ -31,37 +27,9 @@ constexpr float k_kappa_noise = 1e-4f;
 
 // ---- replayable arithmetic -------------------------------------------------------------------
 
-// Σ a[k]·b[k] in a fixed order: lane l sums k = l, l + Lanes, ... in Acc; then the lanes are
-// added pairwise ((0+1), (2+3), ... then again) down to one.
-template <typename Acc, size_t Lanes, typename A, typename B>
-Acc lane_dot(const A * a, const B * b, size_t n) {
-    Acc lane[Lanes] = {};
-    size_t k = 0;
-    for (; k + Lanes <= n; k += Lanes) {
-        for (size_t l = 0; l < Lanes; ++l) {
-            lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
-        }
-    }
-    for (size_t l = 0; k + l < n; ++l) {
-        lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
-    }
-    for (size_t width = Lanes / 2; width > 0; width /= 2) {
-        for (size_t l = 0; l < width; ++l) {
-            lane[l] = lane[2 * l] + lane[2 * l + 1];
-        }
-    }
-    return lane[0];
-}
-
 // ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
 double cosine_f32(const float * a, const float * b, size_t n) {
     return double(lane_dot<float, 16>(a, b, n));
-}
-
-// ⟨a, b⟩ summed in double in 8 lanes (a float·float product is exact in double).
-template <typename A, typename B>
-double dot_f64(const A * a, const B * b, size_t n) {
-    return lane_dot<double, 8>(a, b, n);
 }
 
 // Row-major float32 unit rows.
@@ -93,20 +61,9 @@ unit_set feature_unit_rows(const dcp_tokens & t) {
     return exact_unit_rows(t.features, t.n_tokens, t.n_dim);
 }
 
-// What ACGR compares semantically: keys when given, else features (as unit_semantic_rows).
+// What ACGR compares semantically: keys when given, else features.
 unit_set semantic_unit_rows(const dcp_tokens & t) {
     return t.keys ? exact_unit_rows(t.keys, t.n_tokens, t.n_dim_keys) : feature_unit_rows(t);
-}
-
-// The row with the highest score among those not excluded; ties go to the lower row.
-int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded) {
-    int32_t best = -1;
-    for (size_t i = 0; i < score.size(); ++i) {
-        if (!excluded[i] && (best < 0 || score[i] > score[size_t(best)])) {
-            best = int32_t(i);
-        }
-    }
-    return best;
 }
 
 // A stage's result: token k sits on input row rows[k].

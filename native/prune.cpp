@@ -1,5 +1,5 @@
-// prune.cpp — dcp_prune's front door: validation, the method table, κ, the shared helpers of
-// prune_internal.h, and the simple selectors (full, pool, fastervlm, random).
+// prune.cpp — dcp_prune's front door: validation, the method table, κ, the out-of-line helpers
+// of prune_internal.h, and the simple selectors (full, pool, fastervlm, random).
 // The other methods live in baselines.cpp and dcp.cpp. Plain loops over flat row-major buffers.
 
 #include "prune.h"
@@ -15,26 +15,14 @@ namespace dcp {
 
 // ---- shared helpers (prune_internal.h) ---------------------------------------------------------
 
-float dot(const float * a, const float * b, size_t n) {
-    float sum = 0.0f;
-    for (size_t j = 0; j < n; ++j) {
-        sum += a[j] * b[j];
-    }
-    return sum;
-}
-
-std::vector<float> unit_rows(const float * x, int32_t n_rows, int32_t n_cols) {
-    const size_t d = size_t(n_cols);
-    std::vector<float> unit(x, x + size_t(n_rows) * d);
-    for (size_t i = 0; i < size_t(n_rows); ++i) {
-        float * row = unit.data() + i * d;
-        const float norm = std::sqrt(dot(row, row, d));
-        const float scale = norm > 0.0f ? 1.0f / norm : 0.0f;
-        for (size_t j = 0; j < d; ++j) {
-            row[j] *= scale;
+int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded) {
+    int32_t best = -1;
+    for (size_t i = 0; i < score.size(); ++i) {
+        if (!excluded[i] && (best < 0 || score[i] > score[size_t(best)])) {
+            best = int32_t(i);
         }
     }
-    return unit;
+    return best;
 }
 
 index_list top_k(const float * score, int32_t n, int32_t k) {
@@ -47,27 +35,6 @@ index_list top_k(const float * score, int32_t n, int32_t k) {
     std::partial_sort(rows.begin(), rows.begin() + k, rows.end(), ranks_higher);
     rows.resize(size_t(k));
     return rows;
-}
-
-std::vector<float> unit_semantic_rows(const dcp_tokens & t, int32_t * n_cols) {
-    *n_cols = t.keys ? t.n_dim_keys : t.n_dim;
-    return unit_rows(t.keys ? t.keys : t.features, t.n_tokens, *n_cols);
-}
-
-std::vector<float> text_relevance(const dcp_tokens & t) {
-    if (!t.text || t.n_text < 1) {
-        return {};
-    }
-    const size_t d = size_t(t.n_dim);
-    const std::vector<float> tokens = unit_rows(t.features, t.n_tokens, t.n_dim);
-    const std::vector<float> words = unit_rows(t.text, t.n_text, t.n_dim);
-    std::vector<float> relevance(size_t(t.n_tokens), -1.0f);
-    for (size_t i = 0; i < size_t(t.n_tokens); ++i) {
-        for (size_t w = 0; w < size_t(t.n_text); ++w) {
-            relevance[i] = std::max(relevance[i], dot(tokens.data() + i * d, words.data() + w * d, d));
-        }
-    }
-    return relevance;
 }
 
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out) {

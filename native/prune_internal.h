@@ -1,6 +1,14 @@
-// prune_internal.h — what the method files share: small math on flat row-major buffers, the
-// output writers, and the method functions the table in prune.cpp dispatches to.
+// prune_internal.h — what the method files share: exact arithmetic on flat row-major buffers,
+// the output writers, and the method functions the table in prune.cpp dispatches to.
 // Not part of the public API (prune.h).
+//
+// The exactness rule: every method has a NumPy twin (dcp_desktop/prune_reference) that must make
+// the same choices (top-k, neighbours, centres, picks), so every score that is compared is built
+// from the same IEEE operations in the same fixed order on both sides, and ties break the same
+// way. Sums that decide anything go through lane_dot, whose order the twin replays lane by lane
+// (prune_reference.lane_dot); the build turns off FMA contraction and never uses -ffast-math.
+// A helper whose result depends on an order NumPy does not replay (a plain float loop, BLAS)
+// does not belong here.
 
 #pragma once
 
@@ -8,32 +16,58 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace dcp {
 
 using index_list = std::vector<int32_t>;  // rows of the input token set
 
-// ---- small math --------------------------------------------------------------------------------
+// ---- exact arithmetic --------------------------------------------------------------------------
 
-float dot(const float * a, const float * b, size_t n);
+constexpr double k_infinity = std::numeric_limits<double>::infinity();
 
-// Rows scaled to unit length; all-zero rows stay zero (their cosine with anything is 0).
-std::vector<float> unit_rows(const float * x, int32_t n_rows, int32_t n_cols);
+// Σ a[k]·b[k] in a fixed order: lane l sums k = l, l + Lanes, l + 2·Lanes, ... in Acc; then the
+// lanes are added pairwise ((0+1), (2+3), ... then again) down to one. The independent lanes let
+// the compiler vectorise without reassociating. Lanes is a power of two.
+template <typename Acc, size_t Lanes, typename A, typename B>
+Acc lane_dot(const A * a, const B * b, size_t n) {
+    static_assert(Lanes > 0 && (Lanes & (Lanes - 1)) == 0, "Lanes must be a power of two");
+    Acc lane[Lanes] = {};
+    size_t k = 0;
+    for (; k + Lanes <= n; k += Lanes) {
+        for (size_t l = 0; l < Lanes; ++l) {
+            lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
+        }
+    }
+    for (size_t l = 0; k + l < n; ++l) {
+        lane[l] += Acc(a[k + l]) * Acc(b[k + l]);
+    }
+    for (size_t width = Lanes / 2; width > 0; width /= 2) {
+        for (size_t l = 0; l < width; ++l) {
+            lane[l] = lane[2 * l] + lane[2 * l + 1];
+        }
+    }
+    return lane[0];
+}
 
-// The k rows with the highest score, best first; ties go to the lower row.
+// Σ a[k]·b[k] in double, 8 lanes (a float·float product is exact in double). Twin: dot_f64.
+template <typename A, typename B>
+double dot_f64(const A * a, const B * b, size_t n) {
+    return lane_dot<double, 8>(a, b, n);
+}
+
+// The row with the highest score among those not excluded (excluded[i] != 0); ties go to the
+// lower row. -1 when every row is excluded. Twin: best_row.
+int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded);
+
+// The k rows with the highest score, best first; ties go to the lower row. Twin: top_k.
 index_list top_k(const float * score, int32_t n, int32_t k);
 
 // ---- token accessors ---------------------------------------------------------------------------
 
 inline float mass_of(const dcp_tokens & t, int32_t row) { return t.masses_in ? t.masses_in[row] : 1.0f; }
 inline int32_t patch_of(const dcp_tokens & t, int32_t row) { return t.patch_idx ? t.patch_idx[row] : row; }
-
-// The vectors semantic similarity is measured on: keys when given, else features. Unit rows.
-std::vector<float> unit_semantic_rows(const dcp_tokens & t, int32_t * n_cols);
-
-// Text relevance r_i = max_j cos(feature_i, text_j), one per token; empty when there is no text.
-std::vector<float> text_relevance(const dcp_tokens & t);
 
 // ---- writing the result ------------------------------------------------------------------------
 

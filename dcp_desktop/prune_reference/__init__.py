@@ -4,8 +4,15 @@ Tests require dcp_desktop._native to give identical indices and masses, features
 tolerance, and the same κ. `prune` has the same signature as `_native.prune`. Inputs are assumed
 valid, because dcp_desktop.prune.select checks them first.
 
-This file holds the dispatcher, κ, the helpers every method shares, and the simple selectors
-(full, pool, fastervlm, random); baselines.py and dcp.py hold the rest, as in native/.
+This file holds the dispatcher, κ, the helpers every method shares (the twins of
+native/prune_internal.h), and the simple selectors (full, pool, fastervlm, random); baselines.py
+and dcp.py hold the rest, as in native/.
+
+The exactness rule: both implementations must make the same choices (top-k, neighbours, centres,
+picks), so every score that is compared is built from the same IEEE operations in the same fixed
+order on both sides, and ties break the same way. Sums that decide anything go through `lane_dot`,
+which replays native lane_dot<Acc, Lanes> lane by lane; a NumPy reduction (sum, einsum, @) sums in
+an order of its own and may differ from native in the last bit, so it only shapes output values.
 """
 
 from __future__ import annotations
@@ -59,12 +66,34 @@ class Output:
 
 # ---- shared helpers (the twins of prune_internal.h) ------------------------------------------------
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length in float32; all-zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # (n,)
-    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    return x * scale[:, None]
+def lane_dot(a: np.ndarray, b: np.ndarray, dtype, lanes: int) -> np.ndarray:
+    """Σ_k a[..., k]·b[..., k] (a and b broadcast) summed as native lane_dot<dtype, lanes>: lane l
+    takes k = l, l + lanes, ... in turn, then the lanes are added pairwise ((0+1), (2+3), ...,
+    then again) down to one."""
+    a, b = _in_lanes(a, dtype, lanes), _in_lanes(b, dtype, lanes)  # (..., chunks, lanes)
+    sums = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-2] + (lanes,), dtype)  # (..., lanes)
+    for k in range(a.shape[-2]):
+        sums += a[..., k, :] * b[..., k, :]
+    while sums.shape[-1] > 1:
+        sums = sums[..., 0::2] + sums[..., 1::2]
+    return sums[..., 0]
+
+
+def _in_lanes(x: np.ndarray, dtype, lanes: int) -> np.ndarray:
+    """(..., d) → (..., ceil(d / lanes), lanes) in dtype, zero-padded (adding 0 changes no sum)."""
+    x = np.asarray(x).astype(dtype)
+    x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -x.shape[-1] % lanes)])
+    return x.reshape(*x.shape[:-1], x.shape[-1] // lanes, lanes)
+
+
+def dot_f64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_k a[..., k]·b[..., k] in float64, 8 lanes, as native dot_f64 (a float32 product is exact)."""
+    return lane_dot(a, b, np.float64, 8)
+
+
+def best_row(score: np.ndarray, excluded: np.ndarray) -> int:
+    """The row with the highest score among those not excluded; ties go to the lower row."""
+    return int(np.argmax(np.where(excluded, -np.inf, score)))
 
 
 def top_k(score: np.ndarray, k: int) -> np.ndarray:
@@ -72,16 +101,9 @@ def top_k(score: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(score), kind="stable")[:k]
 
 
-def unit_semantic_rows(tokens: Tokens) -> np.ndarray:
-    """Unit rows of the keys when given, else of the features."""
-    return unit_rows(tokens.keys if tokens.keys is not None else tokens.features)
-
-
-def text_relevance(tokens: Tokens) -> np.ndarray | None:
-    """r_i = max_j cos(feature_i, text_j); None when there is no text."""
-    if tokens.text is None:
-        return None
-    return (unit_rows(tokens.features) @ unit_rows(tokens.text).T).max(axis=1)  # (n,)
+def float32_option(options: dict, name: str) -> float:
+    """An option as native code sees it (dcp_options holds float32)."""
+    return float(np.float32(options[name]))
 
 
 def selection(tokens: Tokens, rows) -> Output:

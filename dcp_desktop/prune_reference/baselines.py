@@ -1,9 +1,9 @@
 """NumPy twins of native/baselines.cpp: VisionZip, DivPrune, CDPruner (contracts in native/prune.h).
 
 Every score is a cosine computed in float64 from the raw float32 rows, with each dot product summed
-in the order native dot_f64 sums it (`dot`). Same operations in the same order give the same bits,
-so both implementations break every tie the same way, including the exact ties between duplicate
-rows. (Float32 unit rows would not: the two `unit_rows` differ in the last bit.)
+by `dot_f64` in the order native dot_f64 sums it. Same operations in the same order give the same
+bits, so both implementations break every tie the same way, including the exact ties between
+duplicate rows.
 """
 
 from __future__ import annotations
@@ -12,32 +12,12 @@ import math
 
 import numpy as np
 
-from . import Output, Tokens, selection, top_k
+from . import Output, Tokens, best_row, dot_f64, float32_option, selection, top_k
 
-LANES = 8  # dot_f64's running sums in native/baselines.cpp
 EXHAUSTED_GAIN = 1e-10  # cdpruner: a DPP gain below this adds nothing new
 
 
 # ---- exact cosines -------------------------------------------------------------------------------
-
-def _in_lanes(x: np.ndarray) -> np.ndarray:
-    """(..., d) → (..., ceil(d / LANES), LANES) float64, zero-padded (adding 0 changes no sum)."""
-    x = np.asarray(x, dtype=np.float64)
-    x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -x.shape[-1] % LANES)])
-    return x.reshape(*x.shape[:-1], -1, LANES)
-
-
-def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ_k a[..., k]·b[..., k] in float64 (a and b broadcast), summed as native dot_f64 sums:
-    lane l takes k = l, l + LANES, ... in turn, then the lane sums are added pairwise."""
-    a, b = _in_lanes(a), _in_lanes(b)
-    sums = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-2] + (LANES,))  # (..., LANES)
-    for k in range(a.shape[-2]):
-        sums += a[..., k, :] * b[..., k, :]
-    while sums.shape[-1] > 1:  # (0+1, 2+3, 4+5, 6+7), then (01+23, 45+67), then the total
-        sums = sums[..., 0::2] + sums[..., 1::2]
-    return sums[..., 0]
-
 
 def cosine(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
     """cos from dot products and squared norms (broadcast); 0 where either vector is zero."""
@@ -46,20 +26,10 @@ def cosine(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, ab / norms, 0.0)
 
 
-def _float32_option(options: dict, name: str) -> float:
-    """An option as native code sees it (dcp_options holds float32)."""
-    return float(np.float32(options[name]))
-
-
-def _best_unpicked(score: np.ndarray, picked: np.ndarray) -> int:
-    """The unpicked row with the highest score; ties go to the lower row."""
-    return int(np.argmax(np.where(picked, -np.inf, score)))
-
-
 # ---- visionzip -----------------------------------------------------------------------------------
 
 def visionzip(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
-    ratio = _float32_option(options, "visionzip_dominant_ratio")
+    ratio = float32_option(options, "visionzip_dominant_ratio")
     n_dom = min(n_keep, max(1, math.floor(n_keep * ratio + 0.5)))
     n_ctx = n_keep - n_dom
     dominant = top_k(tokens.cls_attn, n_dom)  # (n_dom,)
@@ -83,8 +53,8 @@ def _nearest_targets(tokens: Tokens, rest: np.ndarray, target_pos: np.ndarray) -
     joins its most cosine-similar target on keys (else features); ties go to the lower target."""
     semantic = tokens.keys if tokens.keys is not None else tokens.features
     rows, targets = semantic[rest], semantic[rest[target_pos]]  # (|R|, ds), (n_ctx, ds)
-    similarity = cosine(dot(rows[:, None], targets[None]), dot(rows, rows)[:, None],
-                        dot(targets, targets)[None])  # (|R|, n_ctx)
+    similarity = cosine(dot_f64(rows[:, None], targets[None]), dot_f64(rows, rows)[:, None],
+                        dot_f64(targets, targets)[None])  # (|R|, n_ctx)
     cluster = np.argmax(similarity, axis=1)  # (|R|,) first maximum = lower target row
     cluster[target_pos] = np.arange(len(target_pos))
     return cluster
@@ -94,7 +64,7 @@ def _nearest_targets(tokens: Tokens, rest: np.ndarray, target_pos: np.ndarray) -
 
 def divprune(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     x = tokens.features  # (n, d)
-    norm2 = dot(x, x)  # (n,)
+    norm2 = dot_f64(x, x)  # (n,)
     picked = np.zeros(tokens.n, dtype=bool)
     min_distance = np.full(tokens.n, np.inf)  # (n,) to the picked rows
     rows = [_least_typical_row(x, norm2)]
@@ -102,9 +72,9 @@ def divprune(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
         picked[rows[-1]] = True
         if len(rows) == n_keep:
             break
-        distance = 1.0 - cosine(dot(x, x[rows[-1]]), norm2, norm2[rows[-1]])  # (n,)
+        distance = 1.0 - cosine(dot_f64(x, x[rows[-1]]), norm2, norm2[rows[-1]])  # (n,)
         min_distance = np.minimum(min_distance, distance)
-        rows.append(_best_unpicked(min_distance, picked))
+        rows.append(best_row(min_distance, picked))
     return selection(tokens, rows)
 
 
@@ -116,7 +86,7 @@ def _least_typical_row(x: np.ndarray, norm2: np.ndarray) -> int:
     direction = np.zeros(x.shape[1])  # (d,) Σ unit rows, summed in row order as native does
     for row in unit:
         direction += row
-    similarity = cosine(dot(x, direction), norm2, dot(direction, direction))  # (n,)
+    similarity = cosine(dot_f64(x, direction), norm2, dot_f64(direction, direction))  # (n,)
     return int(np.argmin(similarity))
 
 
@@ -124,14 +94,14 @@ def _least_typical_row(x: np.ndarray, norm2: np.ndarray) -> int:
 
 def cdpruner(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     x = tokens.features  # (n, d)
-    norm2 = dot(x, x)  # (n,)
-    w = _quality_weights(tokens, norm2, _float32_option(options, "cdpruner_theta"))  # (n,)
+    norm2 = dot_f64(x, x)  # (n,)
+    w = _quality_weights(tokens, norm2, float32_option(options, "cdpruner_theta"))  # (n,)
     d2 = np.where(norm2 > 0, w * w, 0.0)  # (n,) L_ii; a zero row adds nothing
     c = np.zeros((n_keep, tokens.n))  # (n_keep, n) Cholesky factors, one row per pick
     picked = np.zeros(tokens.n, dtype=bool)
     rows = []
     for step in range(n_keep):
-        j = _best_unpicked(d2, picked)
+        j = best_row(d2, picked)
         if d2[j] < EXHAUSTED_GAIN:
             rest = np.flatnonzero(~picked)
             rest = rest[np.argsort(-w[rest], kind="stable")]  # highest weight first, ties: lower row
@@ -142,7 +112,7 @@ def cdpruner(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
         c_dot = np.zeros(tokens.n)  # (n,) ⟨c_j, c_i⟩, summed over the steps in order
         for k in range(step):
             c_dot += c[k, j] * c[k]
-        kernel = w[j] * w * cosine(dot(x, x[j]), norm2, norm2[j])  # (n,) L_ji
+        kernel = w[j] * w * cosine(dot_f64(x, x[j]), norm2, norm2[j])  # (n,) L_ji
         e = np.where(picked, 0.0, (kernel - c_dot) / np.sqrt(d2[j]))  # (n,)
         c[step] = e
         d2 = d2 - e * e
@@ -155,8 +125,8 @@ def _quality_weights(tokens: Tokens, norm2: np.ndarray, theta: float) -> np.ndar
     if tokens.text is None:
         return np.ones(tokens.n)
     text = tokens.text  # (t, d)
-    relevance = cosine(dot(tokens.features[:, None], text[None]), norm2[:, None],
-                       dot(text, text)[None]).max(axis=1)  # (n,)
+    relevance = cosine(dot_f64(tokens.features[:, None], text[None]), norm2[:, None],
+                       dot_f64(text, text)[None]).max(axis=1)  # (n,)
     low, high = relevance.min(), relevance.max()
     normalised = (relevance - low) / (high - low) if high > low else np.ones(tokens.n)
     return (1.0 - theta) + theta * normalised

@@ -2,9 +2,9 @@
 
 Every choice (an anchor's neighbours, a centre, a cluster, a representative) must equal native's,
 so every score that is compared replays native's arithmetic bit for bit:
-- unit rows (`exact_unit_rows`): the norm summed in float64 in 8 fixed lanes, then x·(1/norm)
-  rounded to float32 (the package's `unit_rows` sums in a different order from native's);
-- cosines of unit rows (`cosines`): float32 products summed in 16 fixed lanes, then float64;
+- unit rows (`exact_unit_rows`): the norm summed by `dot_f64` (float64, 8 lanes), then x·(1/norm)
+  rounded to float32;
+- cosines of unit rows (`cosines`): float32 products summed by `lane_dot` in 16 lanes, then float64;
 - everything after a cosine in float64, with math.exp (libm, as native) for the spatial kernel.
 Sums that only shape output features and masses need not replay native's order.
 """
@@ -15,37 +15,17 @@ import math
 
 import numpy as np
 
-from . import Output, Tokens, kappa, top_k
+from . import Output, Tokens, best_row, dot_f64, float32_option, kappa, lane_dot, top_k
 
 F32_LANES = 16  # native cosine_f32
-F64_LANES = 8   # native dot_f64
 KAPPA_NOISE = np.float32(1e-4)  # dcp: a κ at or below this is rounding noise, not a shift (native k_kappa_noise)
 
 
 # ---- replayable arithmetic ---------------------------------------------------------------------
 
-def lane_dot(a: np.ndarray, b: np.ndarray, dtype, lanes: int) -> np.ndarray:
-    """Σ_k a[..., k]·b[..., k] (a and b broadcast) summed as native lane_dot<dtype, lanes>: lane l
-    takes k = l, l + lanes, ... in turn, then the lanes are added pairwise."""
-    a, b = _in_lanes(a, dtype, lanes), _in_lanes(b, dtype, lanes)  # (..., chunks, lanes)
-    sums = np.zeros(np.broadcast_shapes(a.shape, b.shape)[:-2] + (lanes,), dtype)  # (..., lanes)
-    for k in range(a.shape[-2]):
-        sums += a[..., k, :] * b[..., k, :]
-    while sums.shape[-1] > 1:  # (0+1, 2+3, ...), then again, down to one
-        sums = sums[..., 0::2] + sums[..., 1::2]
-    return sums[..., 0]
-
-
-def _in_lanes(x: np.ndarray, dtype, lanes: int) -> np.ndarray:
-    """(..., d) → (..., ceil(d / lanes), lanes) in dtype, zero-padded (adding 0 changes no sum)."""
-    x = np.asarray(x).astype(dtype)
-    x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, -x.shape[-1] % lanes)])
-    return x.reshape(*x.shape[:-1], x.shape[-1] // lanes, lanes)
-
-
 def exact_unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of x scaled to unit length as float32, bit-identical to native; zero rows stay zero."""
-    norm = np.sqrt(lane_dot(x, x, np.float64, F64_LANES))  # (n,)
+    norm = np.sqrt(dot_f64(x, x))  # (n,)
     scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)  # (n,)
     return (x.astype(np.float64) * scale[:, None]).astype(np.float32)  # (n, d)
 
@@ -53,16 +33,6 @@ def exact_unit_rows(x: np.ndarray) -> np.ndarray:
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """⟨a_i, b_j⟩ of unit rows (broadcast over leading axes) as native cosine_f32, in float64."""
     return lane_dot(a, b, np.float32, F32_LANES).astype(np.float64)
-
-
-def _option_f32(options: dict, name: str) -> float:
-    """An option as native code sees it (dcp_options holds float32)."""
-    return float(np.float32(options[name]))
-
-
-def _best_row(score: np.ndarray, excluded: np.ndarray) -> int:
-    """The row with the highest score among those not excluded; ties go to the lower row."""
-    return int(np.argmax(np.where(excluded, -np.inf, score)))
 
 
 # ---- acgr --------------------------------------------------------------------------------------
@@ -88,8 +58,8 @@ def anchor_context_recovery(tokens: Tokens, n_anchors: int, options: dict) -> Ou
 
 def _spatial_kernel(tokens: Tokens, context: np.ndarray, anchors: np.ndarray, options: dict) -> np.ndarray:
     """λ·exp(-(Δr² + Δc²) / (2σ²)) as native computes it: λ·(g(|Δr|)·g(|Δc|)), g from libm exp."""
-    sigma = _option_f32(options, "acgr_spatial_sigma")
-    weight = _option_f32(options, "acgr_spatial_weight")
+    sigma = float32_option(options, "acgr_spatial_sigma")
+    weight = float32_option(options, "acgr_spatial_weight")
 
     def axis_table(n: int) -> np.ndarray:  # (n,) g(k) = exp(-k² / (2σ²))
         return np.array([math.exp(-(float(k) * float(k)) / (2.0 * sigma * sigma)) for k in range(n)])
@@ -128,8 +98,8 @@ def tatcs(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     x = exact_unit_rows(tokens.features)  # (n, d)
     relevance = _normalised_relevance(tokens, x)  # (n,)
     centres, similarity = _greedy_centres(x, _seed_scores(tokens.cls_attn, relevance), n_keep)  # (K,), (K, n)
-    cluster = _assign_clusters(centres, similarity, relevance, _option_f32(options, "tatcs_text_weight"))
-    representative = _reselect(tokens, x, cluster, n_keep, relevance, _option_f32(options, "tatcs_relevance_mix"))
+    cluster = _assign_clusters(centres, similarity, relevance, float32_option(options, "tatcs_text_weight"))
+    representative = _reselect(tokens, x, cluster, n_keep, relevance, float32_option(options, "tatcs_relevance_mix"))
     return _merge_into_representatives(tokens, x, cluster, representative)
 
 
@@ -157,15 +127,15 @@ def _greedy_centres(x: np.ndarray, seed: np.ndarray, n_centres: int) -> tuple[li
     min_distance = np.full(len(seed), np.inf)  # (n,) to the nearest centre
     is_centre = np.zeros(len(seed), dtype=bool)
     similarity = np.zeros((n_centres, len(seed)), np.float32)  # (K, n)
-    centres = [_best_row(seed, is_centre)]
+    centres = [best_row(seed, is_centre)]
     for k in range(n_centres):
         is_centre[centres[k]] = True
         similarity[k] = lane_dot(x, x[centres[k]], np.float32, F32_LANES)
         min_distance = np.minimum(min_distance, 1.0 - similarity[k].astype(np.float64))
         if k + 1 < n_centres:
             score = min_distance * preference  # (n,)
-            best = _best_row(score, is_centre)
-            centres.append(best if score[best] > 0 else _best_row(seed, is_centre))
+            best = best_row(score, is_centre)
+            centres.append(best if score[best] > 0 else best_row(seed, is_centre))
     return centres, similarity
 
 
@@ -188,7 +158,7 @@ def _reselect(tokens: Tokens, x: np.ndarray, cluster: np.ndarray, n_clusters: in
         sums[k] += weighted[i]
     mu = exact_unit_rows(sums)  # (K, d)
     score = eta * relevance + (1.0 - eta) * cosines(x, mu[cluster])  # (n,)
-    return np.array([_best_row(score, cluster != k) for k in range(n_clusters)])
+    return np.array([best_row(score, cluster != k) for k in range(n_clusters)])
 
 
 def _merge_into_representatives(tokens: Tokens, x: np.ndarray, cluster: np.ndarray,

@@ -19,6 +19,7 @@ from .engine import GenerationParams
 from .errors import InputError
 from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, EncodedImage, Pipeline, PipelineOptions
 from .prune import DEFAULT_OPTIONS, METHODS
+from .vision import VISION_DTYPES
 
 EXIT_BAD_INPUT = 2
 
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-gpu-layers", type=int, default=0,
                      help="LLM layers to offload to the GPU (needs a CUDA/Metal build of llama-cpp-python)")
     run.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
+    run.add_argument("--vision-dtype", default="auto", choices=VISION_DTYPES,
+                     help="the vision tower's number type (default auto: bfloat16 where the hardware runs it "
+                          "natively, else float32)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     out.add_argument("--verbose", "-v", action="store_true", help="show llama.cpp's log and stage timings")
@@ -95,7 +99,7 @@ def _options(args) -> PipelineOptions:
     return PipelineOptions(method=args.method, n_keep=args.tokens, acgr_layer=args.acgr_layer,
                            acgr_anchors=args.acgr_anchors, prune_options=_prune_options(args.prune_option),
                            seed=args.seed, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                           device=args.device, verbose=args.verbose)
+                           device=args.device, vision_dtype=args.vision_dtype, verbose=args.verbose)
 
 
 def _answer_once(pipe: Pipeline, image: EncodedImage, args) -> None:

@@ -26,7 +26,7 @@ from .image import load_image, preprocess
 from .models import ModelFiles, ModelInfo, validate
 from .prune import METHODS, TEXT_AWARE, Selection, select
 from .question import TokenEmbeddings
-from .vision import EncoderState, VisionTower
+from .vision import EncoderState, VisionTower, pick_dtype
 
 DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
@@ -45,6 +45,7 @@ class PipelineOptions:
     n_threads: int | None = None  # None: llama.cpp's and PyTorch's defaults
     n_gpu_layers: int = 0
     device: str = "cpu"  # the vision tower's torch device: cpu, cuda, mps
+    vision_dtype: str = "auto"  # auto, float32, bfloat16, float16 (see vision.pick_dtype)
     verbose: bool = False
 
 
@@ -111,7 +112,8 @@ class Pipeline:
             self.info: ModelInfo = validate(files)  # cheap metadata checks before anything loads
             if options.n_threads:
                 torch.set_num_threads(options.n_threads)
-            self.vision = VisionTower.from_gguf(files.mmproj, device=options.device)
+            self.vision = VisionTower.from_gguf(files.mmproj, device=options.device,
+                                                dtype=pick_dtype(options.vision_dtype, options.device))
             cfg = self.vision.cfg
             self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),

@@ -168,6 +168,23 @@ class VisionTower(torch.nn.Module):
         return ((t @ self.mm2.weight) @ self.mm0.weight).float().cpu().numpy()  # (t, width)
 
 
+VISION_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    """The tower's compute type. "auto": bfloat16 where the hardware runs it natively (CPUs with
+    AVX-512, CUDA GPUs that support it; ~2.5× faster than float32 for ViT-L on a 2-core AVX-512
+    CPU), float16 on MPS, float32 otherwise."""
+    if name != "auto":
+        return getattr(torch, name)
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if kind == "mps":
+        return torch.float16
+    return torch.bfloat16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else torch.float32
+
+
 def read_config(reader: GGUFReader, path: Path) -> VisionConfig:
     def value(key, default=...):
         return gguf_value(reader, key) if default is ... else gguf_value(reader, key, default)

@@ -306,6 +306,9 @@ dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
 }
 
 // Mass-weighted mean (into `mean`) and spread (mean squared distance to it), in double.
+// Both are summed per column, one running sum per dimension, so the loops vectorise without
+// reassociating; a single running sum would be one long dependency chain, and κ runs on every
+// dcp_prune call (twice for dcp).
 double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t n_dim, std::vector<double> & mean) {
     const size_t d = size_t(n_dim);
     std::fill(mean.begin(), mean.end(), 0.0);
@@ -320,23 +323,19 @@ double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t
     for (double & v : mean) {
         v /= total;
     }
-    double spread = 0.0;
+    std::vector<double> spread(d, 0.0);  // (d,) Σ m·(x - μ)² per column
     for (size_t i = 0; i < size_t(n); ++i) {
         const double m = masses ? masses[i] : 1.0;
         for (size_t j = 0; j < d; ++j) {
             const double diff = x[i * d + j] - mean[j];
-            spread += m * diff * diff;
+            spread[j] += m * (diff * diff);
         }
     }
-    return spread / total;
+    return std::accumulate(spread.begin(), spread.end(), 0.0) / total;
 }
 
 double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
-    double sum = 0.0;
-    for (size_t i = 0; i < size_t(n) * size_t(n_dim); ++i) {
-        sum += double(x[i]) * x[i];
-    }
-    return sum / n;
+    return dot_f64(x, x, size_t(n) * size_t(n_dim)) / n;
 }
 
 } // namespace

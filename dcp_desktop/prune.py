@@ -12,6 +12,7 @@ Values that overflow float32 become Inf and are rejected like NaN. Torch tensors
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -25,6 +26,21 @@ _NEEDS_CLS_ATTN = frozenset({"fastervlm", "visionzip", "acgr", "tatcs", "dcp"})
 TEXT_AWARE = frozenset({"cdpruner", "tatcs", "dcp"})  # use `text` when given, fall back without it
 DEFAULT_OPTIONS = _native.default_options()
 _IMPLS = {"native": _native.prune, "reference": prune_reference.prune}
+_INT32_MAX = 2**31 - 1
+# The ranges documented on struct dcp_options (native/prune.h) that options_are_valid enforces,
+# tested on the value native sees (float32, or int32 for those in _INT_OPTIONS) so that both impls
+# accept exactly the same options. name: (the range as errors state it, the test).
+_OPTION_RANGES = {
+    "acgr_n_neighbors": (f"a whole number in 1..{_INT32_MAX}", lambda v: v == int(v) and 1 <= v <= _INT32_MAX),
+    "acgr_spatial_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "acgr_spatial_sigma": ("a finite number > 0", lambda v: 0 < v < math.inf),
+    "tau": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "tatcs_text_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
+    "tatcs_relevance_mix": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "visionzip_dominant_ratio": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "cdpruner_theta": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+}
+_INT_OPTIONS = frozenset({"acgr_n_neighbors"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,10 +174,26 @@ def _check_options(options) -> dict:
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise InputError(f"options: unknown {', '.join(unknown)}; known: {', '.join(sorted(DEFAULT_OPTIONS))}")
-    for name, value in options.items():
-        if not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise InputError(f"options: {name} must be a finite number, got {value!r}")
-    return {name: float(value) for name, value in options.items()}
+    return {name: _check_option(name, value) for name, value in options.items()}
+
+
+def _check_option(name: str, value) -> float:
+    """The option as a float, if native accepts it: a finite number in its range, as float32 (or
+    int32) holds it. A value that rounds into the range is accepted, one that rounds out is not."""
+    allowed, in_range = _OPTION_RANGES[name]
+    try:
+        number = float(value) if isinstance(value, (int, float)) else math.nan
+    except OverflowError:  # an int beyond float64
+        number = math.inf
+    seen = number
+    if name not in _INT_OPTIONS and math.isfinite(number):
+        with np.errstate(over="ignore", under="ignore"):  # out of float32: Inf (rejected) or 0
+            seen = float(np.float32(number))
+    if not (math.isfinite(seen) and in_range(seen)):
+        rounded_out = math.isfinite(number) and in_range(number)  # only float32 rounding rejects it
+        as_native = f" (as float32: {seen!r})" if rounded_out else ""
+        raise InputError(f"options: {name} must be {allowed}, got {value!r}{as_native}")
+    return number
 
 
 def _check_cls_attn(cls_attn, method: str, n_tokens: int) -> np.ndarray | None:

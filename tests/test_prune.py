@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dcp_desktop import _native, prune_reference
 from dcp_desktop.errors import InputError
-from dcp_desktop.prune import METHODS, Selection, kappa, select
+from dcp_desktop.prune import DEFAULT_OPTIONS, METHODS, Selection, kappa, select
 
 SIMPLE_METHODS = ("full", "pool", "fastervlm", "random")  # the others have test files of their own
 
@@ -306,6 +306,15 @@ BAD_CALLS = {
     "negative seed": (dict(seed=-1, method="random"), "seed: expected an integer in 0..2**64-1, got -1"),
     "huge seed": (dict(seed=2**64, method="random"), "seed: expected an integer in 0..2**64-1"),
     "unknown impl": (dict(impl="gpu"), "impl: expected 'native' or 'reference', got 'gpu'"),
+    "unknown option": (dict(options={"alpha": 1.0}), "options: unknown alpha; known: acgr_n_neighbors"),
+    "negative tau": (dict(options={"tau": -0.5}), "options: tau must be a finite number >= 0, got -0.5"),
+    "theta > 1": (dict(options={"cdpruner_theta": 1.5}), "options: cdpruner_theta must be a number in [0, 1], got 1.5"),
+    "sigma 0 in float32": (dict(options={"acgr_spatial_sigma": 1e-50}),
+                           "options: acgr_spatial_sigma must be a finite number > 0, got 1e-50 (as float32: 0.0)"),
+    "fractional neighbours": (dict(options={"acgr_n_neighbors": 2.5}),
+                              "options: acgr_n_neighbors must be a whole number in 1..2147483647, got 2.5"),
+    "nan option": (dict(options={"tatcs_text_weight": float("nan")}),
+                   "options: tatcs_text_weight must be a finite number >= 0, got nan"),
 }
 
 
@@ -317,6 +326,38 @@ def test_bad_input_raises_input_error_naming_the_argument(case, impl):
     with pytest.raises(InputError) as error:
         select(call.pop("features"), call.pop("cls_attn"), **call)
     assert message in str(error.value)
+
+
+FLOAT_OPTION_EDGES = [-1.0, -1e-46, -0.0, 0.0, 1e-46, 1e-45, 0.5, 1.0, 1.00000001, 1.001, 3.4e38, 1e39]
+INT_OPTION_EDGES = [-1, 0, 1, 2, 2**31 - 1]  # acgr_n_neighbors; native truncates fractions, select rejects them
+
+
+def native_core_accepts(options: dict) -> bool:
+    """Whether options_are_valid in native/prune.cpp accepts `options` (select() bypassed)."""
+    try:
+        _native.prune(FEATURES, CLS_ATTN, None, None, None, None, 24, 24, 16, "fastervlm", 0, options)
+    except ValueError as error:
+        assert str(error).startswith("options: ")
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name, value", [
+    (name, value) for name in DEFAULT_OPTIONS
+    for value in (INT_OPTION_EDGES if name == "acgr_n_neighbors" else FLOAT_OPTION_EDGES)])
+def test_option_ranges_match_the_native_core_for_both_impls(name, value):
+    """select() checks the ranges of prune.h's dcp_options once, for both impls, on the float32
+    value native sees (1.00000001 rounds to 1, 1e-46 to 0, 1e39 to Inf), so it accepts an option
+    exactly when the native core does; a rejection names the option and its range."""
+    accepted = {}
+    for impl in ("native", "reference"):
+        try:
+            select(FEATURES, CLS_ATTN, n_keep=16, method="fastervlm", options={name: value}, impl=impl)
+            accepted[impl] = True
+        except InputError as error:
+            assert str(error).startswith(f"options: {name} must be a ")
+            accepted[impl] = False
+    assert accepted["native"] == accepted["reference"] == native_core_accepts({name: value})
 
 
 def test_unfitting_pool_budget_suggests_the_nearest_that_fits():

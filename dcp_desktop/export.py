@@ -118,26 +118,23 @@ def _rope_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, head_dim // 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
-def write_llm(cfg, state: dict[str, np.ndarray], vocab: Vocab, path: Path, *, name: str, dtype: str) -> None:
-    """A llama-architecture GGUF: hyper-parameters, tokenizer, and the tensors under llama.cpp names."""
-    if len(vocab.tokens) != cfg.vocab_size:
-        raise ValueError(f"vocabulary has {len(vocab.tokens)} tokens but the LLM has vocab_size {cfg.vocab_size}")
-    n_head, n_head_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // n_head
-    rope_theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-    w = _Writer(path, "llama", dtype)
-    g = w.gguf
+def add_llama_metadata(g: gguf.GGUFWriter, name: str, vocab: Vocab, *, vocab_size: int, n_ctx: int, width: int,
+                       n_layers: int, ff_width: int, n_heads: int, n_kv_heads: int, rope_theta: float,
+                       rms_eps: float) -> None:
+    """The llama hyper-parameters and SentencePiece tokenizer keys llama.cpp reads."""
+    if len(vocab.tokens) != vocab_size:
+        raise ValueError(f"vocabulary has {len(vocab.tokens)} tokens but the LLM has vocab_size {vocab_size}")
     g.add_name(name)
-    g.add_context_length(cfg.max_position_embeddings)
-    g.add_embedding_length(cfg.hidden_size)
-    g.add_block_count(cfg.num_hidden_layers)
-    g.add_feed_forward_length(cfg.intermediate_size)
-    g.add_head_count(n_head)
-    g.add_head_count_kv(n_head_kv)
-    g.add_rope_dimension_count(head_dim)
-    g.add_rope_freq_base(float(rope_theta))
-    g.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    g.add_vocab_size(cfg.vocab_size)
+    g.add_context_length(n_ctx)
+    g.add_embedding_length(width)
+    g.add_block_count(n_layers)
+    g.add_feed_forward_length(ff_width)
+    g.add_head_count(n_heads)
+    g.add_head_count_kv(n_kv_heads)
+    g.add_rope_dimension_count(width // n_heads)
+    g.add_rope_freq_base(rope_theta)
+    g.add_layer_norm_rms_eps(rms_eps)
+    g.add_vocab_size(vocab_size)
     g.add_tokenizer_model("llama")
     g.add_token_list(vocab.tokens)
     g.add_token_scores(vocab.scores)
@@ -148,6 +145,15 @@ def write_llm(cfg, state: dict[str, np.ndarray], vocab: Vocab, path: Path, *, na
     g.add_add_bos_token(True)
     g.add_add_eos_token(False)
 
+
+def write_llm(cfg, state: dict[str, np.ndarray], vocab: Vocab, path: Path, *, name: str, dtype: str) -> None:
+    """A llama-architecture GGUF: hyper-parameters, tokenizer, and the tensors under llama.cpp names."""
+    n_head, n_head_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    rope_theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    w = _Writer(path, "llama", dtype)
+    add_llama_metadata(w.gguf, name, vocab, vocab_size=cfg.vocab_size, n_ctx=cfg.max_position_embeddings, width=cfg.hidden_size,
+                       n_layers=cfg.num_hidden_layers, ff_width=cfg.intermediate_size, n_heads=n_head,
+                       n_kv_heads=n_head_kv, rope_theta=float(rope_theta), rms_eps=cfg.rms_norm_eps)
     w.tensor("token_embd.weight", state["embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."

@@ -1,0 +1,428 @@
+"""Train the bundled demo model: LLaVA-1.5's architecture at small width, from random weights, on the
+synthetic scenes (dcp_desktop.eval.scenes), then export it to the GGUF pair dcp-desktop runs.
+
+    python models/demo/train.py [--preset demo|smoke] [--steps N ...any Config field...]
+                                [--device cpu|cuda] [--resume] [--out models/demo/out]
+
+LLaVA-1.5 as it matters here: transformers `LlavaForConditionalGeneration`, a CLIP ViT at 336 px with
+14 px patches (576 patches + CLS, quick-GELU; features from the second-to-last layer without CLS), the
+Linear-GELU-Linear projector and a llama-architecture LLM. The prompt is exactly the one the engine
+builds (Vicuna-v1 template, engine.SYSTEM) and the token ids are exactly llama.cpp's: `SpmTokenizer` is
+llama.cpp's SentencePiece merge in Python, checked against llama.cpp on an exported file before
+training starts. Small: the widths, the depths and the vocabulary (the benchmark's words as SentencePiece
+pieces, export.spm_vocab).
+
+One step: B images through the ViT once → (B, 576, n_embd) image rows. The LLM runs the prefix every
+question of an image shares, `<s>SYSTEM USER: [576 image rows]`, once per image and keeps its KV cache;
+the Q questions per image then run as B·Q short rows on that cache, `\\n{question} ASSISTANT: {answer}`,
+with the loss on the answer and </s> only. Step s reads scenes.make_split("train", B, Q, seed=s): a fresh
+set of images every step, so the data order is a function of the step alone and --resume is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers.cache_utils import DynamicCache
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from dcp_desktop.engine import SYSTEM
+from dcp_desktop.eval import scenes
+from dcp_desktop.export import Vocab, export_llava, spm_vocab
+from dcp_desktop.image import preprocess
+
+NAME = "dcp-demo"  # the exported pair: NAME.gguf and mmproj-NAME.gguf
+HEAD_DIM = 64  # both towers, as in CLIP ViT-L and LLaMA
+IGNORE = -100  # cross_entropy's ignore_index: positions without a loss
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Saved in every checkpoint; --resume refuses a different one."""
+
+    vision_width: int = 128
+    vision_layers: int = 6  # LLaVA reads the second-to-last layer: the export stores 5 blocks
+    llm_width: int = 128
+    llm_layers: int = 3
+    images_per_step: int = 8
+    questions_per_image: int = 8  # one ViT pass and one prefix pass serve all of them
+    steps: int = 8000
+    lr: float = 1e-3
+    warmup_steps: int = 300
+    min_lr_ratio: float = 0.05  # the cosine ends at lr * this
+    weight_decay: float = 0.05
+    small_weight: float = 2.0  # loss weight of "small" questions (see README: why)
+    bf16: bool = True  # autocast; master weights and the optimizer stay float32
+    log_every: int = 20
+    eval_every: int = 500
+    eval_images: int = 128  # validation images (× questions_per_image questions), the standard set
+    checkpoint_every: int = 500
+    seed: int = 0  # weight init; the data order depends on the step only
+
+
+PRESETS = {
+    "demo": Config(),
+    "smoke": Config(vision_width=64, vision_layers=2, llm_width=64, llm_layers=2, images_per_step=2,
+                    questions_per_image=2, steps=30, warmup_steps=5, log_every=5, eval_every=15,
+                    eval_images=4, checkpoint_every=15),
+}
+
+
+# ---- tokens -----------------------------------------------------------------------------------------
+
+def demo_vocab() -> Vocab:
+    """Pieces for every word the prompts and answers use: the benchmark's words (also capitalised, as
+    questions start), the system line's words and the template's USER / ASSISTANT. One spare piece at the
+    end stands for transformers' <image> token; the size is a multiple of 64."""
+    words = set(scenes.WORDS) | {w.capitalize() for w in scenes.WORDS}
+    words |= set(re.findall(r"[A-Za-z]+", SYSTEM)) | {"USER", "ASSISTANT"}
+    n_pieces = len(spm_vocab(sorted(words)).tokens) + 1
+    return spm_vocab(sorted(words), size=64 * math.ceil(n_pieces / 64))
+
+
+class SpmTokenizer:
+    """llama.cpp's SentencePiece ("llama" vocab) tokenizer for an export.Vocab, as Engine.tokenize calls
+    it: a space is put in front (add_space_prefix), spaces become '▁', then adjacent symbols merge while
+    any pair forms a piece — the highest-scoring pair first, the leftmost on ties (llm_tokenizer_spm's
+    priority queue) — and a symbol that is no piece falls back to its UTF-8 byte pieces."""
+
+    def __init__(self, vocab: Vocab):
+        self.ids = {piece: i for i, piece in enumerate(vocab.tokens)}
+        self.scores = vocab.scores
+        self.bos, self.eos = vocab.bos_id, vocab.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        symbols = list("▁" + text.replace(" ", "▁"))
+        while True:
+            best, best_score = None, -math.inf
+            for i in range(len(symbols) - 1):
+                piece = self.ids.get(symbols[i] + symbols[i + 1])
+                if piece is not None and self.scores[piece] > best_score:
+                    best, best_score = i, self.scores[piece]
+            if best is None:
+                return [i for symbol in symbols for i in self._ids(symbol)]
+            symbols[best:best + 2] = [symbols[best] + symbols[best + 1]]
+
+    def _ids(self, symbol: str) -> list[int]:
+        if symbol in self.ids:
+            return [self.ids[symbol]]
+        return [self.ids[f"<0x{byte:02X}>"] for byte in symbol.encode("utf-8")]
+
+    # The engine's template, piece by piece (Engine.__init__ and Engine.add_user_turn).
+    def prefix(self) -> list[int]:
+        """`<s>{SYSTEM} USER:`: what comes before the image rows, the same for every question."""
+        return [self.bos] + self.encode(SYSTEM) + self.encode("USER:")
+
+    def question(self, question: str) -> list[int]:
+        return self.encode("\n" + question + " ASSISTANT:")
+
+    def answer(self, answer: str) -> list[int]:
+        return self.encode(answer) + [self.eos]
+
+
+def check_tokenizer(tokenizer: SpmTokenizer, llm_gguf: Path, texts: list[str]) -> None:
+    """Raise unless llama.cpp, loading `llm_gguf`'s vocabulary, tokenises every text as we do."""
+    llama = llama_cpp.Llama(model_path=str(llm_gguf), vocab_only=True, verbose=False)
+    try:
+        for text in texts:
+            theirs = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            ours = tokenizer.encode(text)
+            if ours != theirs:
+                raise RuntimeError(f"tokenisation of {text!r} differs from llama.cpp's: ours {ours}, "
+                                   f"llama.cpp {theirs} ({llm_gguf}); fix SpmTokenizer before training")
+    finally:
+        llama.close()
+
+
+def template_texts(items: list[scenes.Question]) -> list[str]:
+    """Every text the engine tokenises for these items, in the engine's pieces."""
+    return [SYSTEM, "USER:", *sorted(scenes.ANSWERS)] + ["\n" + item.question + " ASSISTANT:" for item in items]
+
+
+# ---- model ------------------------------------------------------------------------------------------
+
+def build_model(cfg: Config, vocab_size: int) -> transformers.LlavaForConditionalGeneration:
+    """A random LLaVA-1.5-architecture model (float32) at the config's widths and depths."""
+    torch.manual_seed(cfg.seed)
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_width // HEAD_DIM,
+        image_size=scenes.IMAGE_SIZE, patch_size=14, projection_dim=cfg.vision_width, hidden_act="quick_gelu",
+        layer_norm_eps=1e-5)
+    text = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.llm_width, intermediate_size=64 * round(cfg.llm_width * 8 / 3 / 64),
+        num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_width // HEAD_DIM,
+        num_key_value_heads=cfg.llm_width // HEAD_DIM, max_position_embeddings=2048, rms_norm_eps=1e-6)
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    return transformers.LlavaForConditionalGeneration(config)
+
+
+def answer_logits(model, pixels: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor,
+                  image_of: torch.Tensor) -> torch.Tensor:
+    """Logits over every row position, (n, T, vocab).
+
+    pixels (B, 3, 336, 336); prefix (P,) ids shared by all; rows (n, T) question + answer ids, padded on
+    the right (causal attention: real tokens never see the padding); image_of (n,) the image of each row.
+    """
+    image_rows = torch.stack(model.model.get_image_features(
+        pixel_values=pixels, vision_feature_layer=-2, vision_feature_select_strategy="default").pooler_output)
+    lm, embed = model.model.language_model, model.model.language_model.get_input_embeddings()
+    head = embed(prefix).unsqueeze(0).expand(len(image_rows), -1, -1)  # (B, P, n_embd)
+    cache = DynamicCache(config=model.config.text_config)
+    lm(inputs_embeds=torch.cat([head, image_rows.to(head.dtype)], 1), past_key_values=cache, use_cache=True)
+    cache.batch_select_indices(image_of)  # (B, ...) → (n, ...): each row continues its own image
+    hidden = lm(inputs_embeds=embed(rows), past_key_values=cache, use_cache=True).last_hidden_state
+    return model.lm_head(hidden)  # (n, T, vocab)
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B, 3, 336, 336) normalised
+    rows: torch.Tensor  # (n, T) question + answer ids, right-padded with </s>
+    targets: torch.Tensor  # (n, T) the next answer token (or </s>) where the loss applies, else IGNORE
+    image_of: torch.Tensor  # (n,) which image each row asks about
+    weights: torch.Tensor  # (n,) loss weight per question
+    answer_at: torch.Tensor  # (n,) the position whose logits give the first answer token
+    types: list[str]
+
+    def to(self, device: torch.device) -> Batch:
+        tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Batch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()})
+
+
+def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weight: float) -> Batch:
+    """Render the items' images (each once) and lay out their questions, image by image."""
+    groups = [list(g) for _, g in itertools.groupby(items, key=lambda item: item.image_seed)]
+    pixels = np.stack([preprocess(g[0].image(), image_size=scenes.IMAGE_SIZE, mean=OPENAI_CLIP_MEAN,
+                                  std=OPENAI_CLIP_STD) for g in groups])  # (B, 3, 336, 336)
+    asked = [(i, item) for i, g in enumerate(groups) for item in g]
+    questions = [tokenizer.question(item.question) for _, item in asked]
+    answers = [tokenizer.answer(item.answer) for _, item in asked]
+    width = max(len(q) + len(a) - 1 for q, a in zip(questions, answers))  # the final </s> is only a target
+    rows = torch.full((len(asked), width), tokenizer.eos)
+    targets = torch.full((len(asked), width), IGNORE)
+    for r, (q, a) in enumerate(zip(questions, answers)):
+        rows[r, :len(q) + len(a) - 1] = torch.tensor(q + a[:-1])
+        targets[r, len(q) - 1:len(q) + len(a) - 1] = torch.tensor(a)  # position t predicts token t + 1
+    return Batch(pixels=torch.from_numpy(pixels), rows=rows, targets=targets,
+                 image_of=torch.tensor([i for i, _ in asked]),
+                 weights=torch.tensor([small_weight if item.type == "small" else 1.0 for _, item in asked]),
+                 answer_at=torch.tensor([len(q) - 1 for q in questions]), types=[item.type for _, item in asked])
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Batch s = a fresh set of training scenes, scenes.make_split("train", B, Q, seed=s)."""
+
+    def __init__(self, cfg: Config, tokenizer: SpmTokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int) -> Batch:
+        items = scenes.make_split("train", self.cfg.images_per_step, self.cfg.questions_per_image, seed=step)
+        return make_batch(items, self.tokenizer, self.cfg.small_weight)
+
+
+def validation_batches(cfg: Config, tokenizer: SpmTokenizer):
+    """The standard validation set's first `eval_images` images, B at a time."""
+    items = scenes.make_split("validation", cfg.eval_images, cfg.questions_per_image)
+    groups = [list(g) for _, g in itertools.groupby(items, key=lambda item: item.image_seed)]
+    for start in range(0, len(groups), cfg.images_per_step):
+        yield make_batch(sum(groups[start:start + cfg.images_per_step], []), tokenizer, 1.0)
+
+
+# ---- training -----------------------------------------------------------------------------------------
+
+def weighted_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens, each question's tokens weighted by its weight."""
+    token_loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE,
+                                 reduction="none").view(batch.targets.shape)  # (n, T)
+    counted = (batch.targets != IGNORE).float() * batch.weights[:, None]
+    return (token_loss * counted).sum() / counted.sum()
+
+
+def autocast(cfg: Config, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
+def make_optimizer(model, cfg: Config):
+    """AdamW (decay on matrices only) and linear warm-up into a cosine down to min_lr_ratio."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_step(model, optimizer, scheduler, prefix: torch.Tensor, batch: Batch, cfg: Config) -> float:
+    model.train()
+    with autocast(cfg, prefix.device):
+        logits = answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)
+    loss = weighted_loss(logits, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model, prefix: torch.Tensor, batches, cfg: Config) -> dict:
+    """Greedy first-token accuracy (every answer is one piece: the token greedy decoding emits first),
+    overall and per question type."""
+    model.eval()
+    right: dict[str, list[bool]] = {}
+    for batch in batches:
+        batch = batch.to(prefix.device)
+        with autocast(cfg, prefix.device):
+            logits = answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)
+        rows = torch.arange(len(batch.rows), device=prefix.device)
+        guess = logits[rows, batch.answer_at].argmax(-1)
+        for kind, ok in zip(batch.types, (guess == batch.targets[rows, batch.answer_at]).tolist()):
+            right.setdefault(kind, []).append(ok)
+    every = [ok for oks in right.values() for ok in oks]
+    return {"accuracy": float(np.mean(every)), "by_type": {k: float(np.mean(v)) for k, v in sorted(right.items())}}
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config, step: int) -> None:
+    """Everything to go on after `step` steps; written to a temporary file first, so a crash mid-write
+    leaves the previous checkpoint intact."""
+    partial = path.with_suffix(".partial")
+    torch.save({"config": dataclasses.asdict(cfg), "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, cfg: Config) -> int:
+    """Restore a checkpoint of the same config; returns the number of steps it had done."""
+    if not path.exists():
+        raise SystemExit(f"--resume: no checkpoint at {path}; start without --resume")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    differs = {k: (v, getattr(cfg, k)) for k, v in state["config"].items() if getattr(cfg, k) != v}
+    if differs:
+        listed = ", ".join(f"{k}: checkpoint {old}, asked {new}" for k, (old, new) in differs.items())
+        raise SystemExit(f"--resume: {path} was trained with another config ({listed}); "
+                         "pass the same flags or start without --resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"]
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+
+class Log:
+    """One line per event on stdout and in out/log.jsonl (appended to, so a resumed run continues it)."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def __call__(self, text: str, **record) -> None:
+        print(text, flush=True)
+        self.file.write(json.dumps({"time": round(time.time(), 1), **record}) + "\n")
+        self.file.flush()
+
+
+def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, workers: int = 0) -> tuple[Path, Path]:
+    """Train (or go on training), evaluate and checkpoint along the way, export; returns the GGUF pair."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = demo_vocab()
+    tokenizer = SpmTokenizer(vocab)
+    model = build_model(cfg, len(vocab.tokens))
+    with tempfile.TemporaryDirectory() as scratch:  # before hours of training: do our ids equal llama.cpp's?
+        llm, _ = export_llava(model, vocab, scratch, name=NAME)
+        check_tokenizer(tokenizer, llm, template_texts(scenes.make_split("train", 50)))
+    model.to(device)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    checkpoint, log = out / "checkpoint.pt", Log(out / "log.jsonl")
+    start = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg) if resume else 0
+    prefix = torch.tensor(tokenizer.prefix(), device=device)
+    log(f"config {dataclasses.asdict(cfg)}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
+        f"device {device}; starting at step {start}", event="start", config=dataclasses.asdict(cfg), step=start)
+    loader = torch.utils.data.DataLoader(TrainBatches(cfg, tokenizer), batch_size=None,
+                                         sampler=range(start, cfg.steps), num_workers=workers)
+    clock, losses = time.perf_counter(), []
+    for step, batch in zip(range(start + 1, cfg.steps + 1), loader):
+        losses.append(train_step(model, optimizer, scheduler, prefix, batch.to(device), cfg))
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            seconds, clock = time.perf_counter() - clock, time.perf_counter()
+            questions_per_s = len(losses) * len(batch.rows) / seconds
+            log(f"step {step}/{cfg.steps} loss {np.mean(losses):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                f"{questions_per_s:.1f} questions/s ({questions_per_s / cfg.questions_per_image:.1f} images/s)",
+                event="train", step=step, loss=float(np.mean(losses)), questions_per_s=questions_per_s)
+            losses = []
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            result = evaluate(model, prefix, validation_batches(cfg, tokenizer), cfg)
+            log(f"step {step} validation accuracy {result['accuracy']:.3f} "
+                + " ".join(f"{k} {v:.2f}" for k, v in result["by_type"].items()), event="eval", step=step, **result)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, step)
+    pair = export_llava(model.float().cpu(), vocab, out, name=NAME, dtype="f16")
+    check_tokenizer(tokenizer, pair[0], template_texts(scenes.make_split("test", 20)))
+    log(f"exported {pair[0]} ({pair[0].stat().st_size / 1e6:.1f} MB) and {pair[1]} "
+        f"({pair[1].stat().st_size / 1e6:.1f} MB)", event="export", files=[str(p) for p in pair])
+    return pair
+
+
+_ARG_TYPES = {"int": int, "float": float, "bool": lambda text: text.lower() in ("1", "true", "yes", "on")}
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--preset", choices=PRESETS, default="demo", help="base config (default demo)")
+    for field in dataclasses.fields(Config):
+        kind = _ARG_TYPES[field.type]  # the annotation as a string (postponed annotations)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None, metavar="V",
+                            help=f"(demo preset: {getattr(PRESETS['demo'], field.name)})")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out",
+                        help="checkpoint, log and exported GGUF pair (default models/demo/out)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default cuda when available, else cpu)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes rendering scenes (default 4 on cuda, 0 on cpu: there they would take "
+                             "cores from training)")
+    parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt (same config)")
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    return dataclasses.replace(PRESETS[args.preset], **overrides), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    device = torch.device(args.device)
+    workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    train(cfg, args.out, device, resume=args.resume, workers=workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The demo model's training recipe (models/demo/train.py) on a micro config: its token ids are
+llama.cpp's, the shared-prefix forward equals the plain one, training lowers the loss, and a checkpoint
+resumes exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dcp_desktop.eval import scenes
+from dcp_desktop.export import export_llava
+
+
+def _load_recipe():
+    path = Path(__file__).resolve().parents[1] / "models" / "demo" / "train.py"
+    spec = importlib.util.spec_from_file_location("demo_train", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo_train"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_recipe()
+MICRO = dataclasses.replace(train.PRESETS["smoke"], vision_layers=2, llm_layers=1, lr=3e-3, warmup_steps=1,
+                            steps=10, bf16=False)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    vocab = train.demo_vocab()
+    tokenizer = train.SpmTokenizer(vocab)
+    batch = train.make_batch(scenes.make_split("train", 2, 2), tokenizer, MICRO.small_weight)
+    return vocab, tokenizer, batch, torch.tensor(tokenizer.prefix())
+
+
+def test_token_ids_equal_llama_cpp_on_the_exported_vocabulary(parts, tmp_path):
+    vocab, tokenizer, _, _ = parts
+    llm, _ = export_llava(train.build_model(MICRO, len(vocab.tokens)), vocab, tmp_path, name=train.NAME)
+    texts = train.template_texts(scenes.make_split("test", 40)) + ["What is in the image?", "a, b. c? human's"]
+    train.check_tokenizer(tokenizer, llm, texts)  # raises on the first difference
+    assert all(len(tokenizer.encode(answer)) == 1 for answer in scenes.ANSWERS)  # evaluate() relies on it
+
+
+def test_shared_prefix_forward_equals_one_sequence_per_question(parts):
+    vocab, _, batch, prefix = parts
+    model = train.build_model(MICRO, len(vocab.tokens)).eval()
+    with torch.no_grad():
+        ours = train.answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)  # (n, T, vocab)
+        images = torch.stack(model.model.get_image_features(
+            pixel_values=batch.pixels, vision_feature_layer=-2, vision_feature_select_strategy="default").pooler_output)
+        embed = model.model.language_model.get_input_embeddings()
+        for row, image in enumerate(batch.image_of.tolist()):
+            sequence = torch.cat([embed(prefix), images[image], embed(batch.rows[row])]).unsqueeze(0)
+            logits = model.lm_head(model.model.language_model(inputs_embeds=sequence).last_hidden_state)
+            torch.testing.assert_close(ours[row], logits[0, -batch.rows.shape[1]:], atol=1e-4, rtol=1e-4)
+
+
+def test_steps_on_a_repeated_batch_lower_the_loss(parts):
+    vocab, _, batch, prefix = parts
+    model = train.build_model(MICRO, len(vocab.tokens))
+    optimizer, scheduler = train.make_optimizer(model, MICRO)
+    losses = [train.train_step(model, optimizer, scheduler, prefix, batch, MICRO) for _ in range(6)]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_checkpoint_resumes_exactly(parts, tmp_path):
+    vocab, _, batch, prefix = parts
+
+    def fresh():
+        model = train.build_model(MICRO, len(vocab.tokens))
+        return (model, *train.make_optimizer(model, MICRO))
+
+    model, optimizer, scheduler = fresh()
+    for _ in range(2):
+        train.train_step(model, optimizer, scheduler, prefix, batch, MICRO)
+    path = tmp_path / "checkpoint.pt"
+    train.save_checkpoint(path, model, optimizer, scheduler, MICRO, step=2)
+    resumed, resumed_optimizer, resumed_scheduler = fresh()
+    assert train.load_checkpoint(path, resumed, resumed_optimizer, resumed_scheduler, MICRO) == 2
+    train.train_step(model, optimizer, scheduler, prefix, batch, MICRO)
+    train.train_step(resumed, resumed_optimizer, resumed_scheduler, prefix, batch, MICRO)
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert scheduler.get_last_lr() == resumed_scheduler.get_last_lr()
+    with pytest.raises(SystemExit, match="llm_layers: checkpoint 1, asked 2"):
+        train.load_checkpoint(path, *fresh(), dataclasses.replace(MICRO, llm_layers=2))

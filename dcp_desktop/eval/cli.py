@@ -99,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _benchmark(args) -> harness.Benchmark:
+    if args.n is not None and args.n < 1:
+        raise InputError(f"--n: expected at least 1 image, got {args.n}")
     if args.data:
         return harness.read_jsonl(args.data, args.n)
-    return harness.scenes_benchmark(args.split, args.n or DEFAULT_IMAGES, args.questions_per_image, args.seed)
+    n_images = DEFAULT_IMAGES if args.n is None else args.n
+    return harness.scenes_benchmark(args.split, n_images, args.questions_per_image, args.seed)
 
 
 def run(argv: list[str]) -> dict:

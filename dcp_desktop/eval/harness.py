@@ -128,6 +128,9 @@ def normalise_open_answer(text: str) -> str:
 
 def cells(methods: Iterable[str], budgets: Iterable[int], n_full: int = 576) -> list[Cell]:
     """"full" first, then every other method at every budget below n_full, largest budget first."""
+    too_many = [k for k in budgets if not 1 <= k <= n_full]
+    if too_many:
+        raise InputError(f"--tokens: expected 1..{n_full} image tokens, got {', '.join(map(str, too_many))}")
     pruned = [Cell(m, k) for k in sorted(set(budgets), reverse=True) if k < n_full
               for m in dict.fromkeys(methods) if m != FULL]
     return [Cell(FULL, n_full), *pruned]
@@ -152,16 +155,19 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
     """Answer every question in every cell; the report (see summarise). `progress`: a tqdm-like bar,
     advanced once per answered question."""
     base = pipe.options
+    if not benchmark.examples:
+        raise InputError(f"{benchmark.name}: no questions to evaluate; --n must be at least 1")
     for cell in todo:  # bad cells fail here, before any image is encoded
         check_budget(cell_options(base, cell), pipe.vision.cfg.n_patches, pipe.vision.cfg.n_blocks)
     outcomes, vision_ms = [], {cell: [] for cell in todo}
     try:
         _warm_up(pipe, benchmark.examples[0], base, params)
         for index, group in enumerate(_by_image(benchmark.examples)):
+            image = group[0].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
             for cell in todo:
                 configure(pipe, cell_options(base, cell))
-                encoded = _encoded(pipe, group[0], encodings)
+                encoded = _encoded(pipe, image, encodings)
                 vision_ms[cell].append(encoded.timings_ms["vision"])
                 for example in group:
                     outcomes.append(_answer(pipe, encoded, example, cell, index, benchmark.normalise, params))
@@ -188,10 +194,11 @@ def _by_image(examples: list[Example]) -> list[list[Example]]:
     return list(groups.values())
 
 
-def _encoded(pipe: Pipeline, example: Example, encodings: dict) -> EncodedImage:
+def _encoded(pipe: Pipeline, image: Image.Image | Path, encodings: dict) -> EncodedImage:
+    """The image through the encoder as the current cell configures it, once per configuration."""
     key = (pipe.acgr_layer, pipe.n_anchors)
     if key not in encodings:
-        encodings[key] = pipe.encode_image(example.load())
+        encodings[key] = pipe.encode_image(image)
     return encodings[key]
 
 
@@ -273,7 +280,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def table(report: dict) -> str:
     """Markdown: a retention grid (methods × budgets, like the paper's table), then every cell in full."""
-    return "\n\n".join([_heading(report), _retention_grid(report), _detail(report)])
+    grid = [_retention_grid(report)] if any(r["method"] != FULL for r in report["results"]) else []
+    return "\n\n".join([_heading(report), *grid, _detail(report)])
 
 
 def _heading(report: dict) -> str:

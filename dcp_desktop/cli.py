@@ -33,7 +33,7 @@ examples:
 """
 
 
-def _whole_number(text: str) -> int:
+def whole_number(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -53,23 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "an LLM .gguf file, or a folder holding the LLM and its mmproj")
     model.add_argument("--mmproj", default=None, help="the vision projector .gguf (when --model is a file)")
     prune = parser.add_argument_group("image tokens")
-    prune.add_argument("--tokens", "-k", type=_whole_number, default=DEFAULT_TOKENS,
+    prune.add_argument("--tokens", "-k", type=whole_number, default=DEFAULT_TOKENS,
                        help=f"image tokens the LLM sees, 1..576 (default {DEFAULT_TOKENS}; 576 = all)")
     prune.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                        help=f"how to choose them (default {DEFAULT_METHOD}); 'full' keeps all 576")
-    prune.add_argument("--acgr-layer", type=_whole_number, default=None, metavar="L",
+    prune.add_argument("--acgr-layer", type=whole_number, default=None, metavar="L",
                        help="prune inside the vision encoder after block L (1..23 on ViT-L): later blocks "
                             "run on the kept tokens only, which saves vision time (default: at the output)")
-    prune.add_argument("--acgr-anchors", type=_whole_number, default=None, metavar="M",
+    prune.add_argument("--acgr-anchors", type=whole_number, default=None, metavar="M",
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x --tokens)")
     prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
     prune.add_argument("--seed", type=int, default=0, help="seed for sampling and the 'random' method")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-tokens", type=_whole_number, default=256, help="answer length limit (default 256)")
+    gen.add_argument("--max-tokens", type=whole_number, default=256, help="answer length limit (default 256)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
     run = parser.add_argument_group("hardware")
-    run.add_argument("--threads", type=_whole_number, default=None, help="CPU threads (default: all cores)")
+    run.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
     run.add_argument("--n-gpu-layers", type=int, default=0,
                      help="LLM layers to offload to the GPU (needs a CUDA/Metal build of llama-cpp-python)")
     run.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prune_options(pairs: list[str]) -> dict[str, float]:
+def parse_prune_options(pairs: list[str]) -> dict[str, float]:
     options = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
@@ -97,7 +97,7 @@ def _prune_options(pairs: list[str]) -> dict[str, float]:
 
 def _options(args) -> PipelineOptions:
     return PipelineOptions(method=args.method, n_keep=args.tokens, acgr_layer=args.acgr_layer,
-                           acgr_anchors=args.acgr_anchors, prune_options=_prune_options(args.prune_option),
+                           acgr_anchors=args.acgr_anchors, prune_options=parse_prune_options(args.prune_option),
                            seed=args.seed, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                            device=args.device, vision_dtype=args.vision_dtype, verbose=args.verbose)
 

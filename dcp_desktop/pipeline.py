@@ -104,7 +104,8 @@ class Pipeline:
     """A loaded model and one conversation. Close it (or use `with`) to free llama.cpp's memory."""
 
     def __init__(self, files: ModelFiles, options: PipelineOptions = PipelineOptions()):
-        self.options = options
+        self.files = files
+        self.token_embeddings: TokenEmbeddings | None = None
         self.load_ms: dict[str, float] = {}
         self.turn: dict[str, float | None] = {}  # the last ask(): see ask()
         self.last_images: list[ImageTokens] = []  # the images the last ask() added
@@ -114,13 +115,19 @@ class Pipeline:
                 torch.set_num_threads(options.n_threads)
             self.vision = VisionTower.from_gguf(files.mmproj, device=options.device,
                                                 dtype=pick_dtype(options.vision_dtype, options.device))
-            cfg = self.vision.cfg
-            self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
+            self.configure(options)
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
                                  verbose=options.verbose)
-            # Text-aware methods read question embeddings from the LLM file: open it once, here.
-            self.token_embeddings = TokenEmbeddings(files.llm) if options.method in TEXT_AWARE else None
+
+    def configure(self, options: PipelineOptions) -> None:
+        """Switch method, budget, encoder layer or knobs without reloading the models (the loading
+        options — threads, device, context — keep the values the Pipeline was built with)."""
+        cfg = self.vision.cfg
+        self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
+        self.options = options
+        if options.method in TEXT_AWARE and self.token_embeddings is None:
+            self.token_embeddings = TokenEmbeddings(self.files.llm)  # question rows come from the LLM file
 
     def close(self) -> None:
         self.engine.close()

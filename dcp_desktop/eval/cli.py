@@ -18,7 +18,7 @@ import sys
 from tqdm import tqdm
 
 from .. import models
-from ..cli import _prune_options, _whole_number  # dcp-chat's parsers: one definition of each
+from ..cli import parse_prune_options, whole_number  # dcp-chat's parsers: one definition of each
 from ..engine import GenerationParams
 from ..errors import InputError
 from ..pipeline import Pipeline, PipelineOptions
@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("questions")
     data.add_argument("--split", choices=("test", "validation"), default="test",
                       help="synthetic benchmark split (default test; tune knobs on validation)")
-    data.add_argument("--n", type=_whole_number, default=None,
+    data.add_argument("--n", type=whole_number, default=None,
                       help=f"images (default {DEFAULT_IMAGES}; with --data: all of them)")
-    data.add_argument("--questions-per-image", type=_whole_number, default=4, help="(default 4)")
+    data.add_argument("--questions-per-image", type=whole_number, default=4, help="(default 4)")
     data.add_argument("--seed", type=int, default=None, help="another image set of the split (default: the standard set)")
     data.add_argument("--data", default=None, metavar="FILE.jsonl",
                       help="your own questions instead: {\"image\", \"question\", \"answer\"} per line, "
@@ -79,16 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"comma-separated (default {','.join(DEFAULT_METHODS)}); 'full' always runs")
     prune.add_argument("--tokens", type=_budgets, default=list(DEFAULT_BUDGETS),
                        help=f"budgets (default {','.join(map(str, DEFAULT_BUDGETS))}); 576 is the 'full' run")
-    prune.add_argument("--acgr-layer", type=_whole_number, default=None, metavar="L",
+    prune.add_argument("--acgr-layer", type=whole_number, default=None, metavar="L",
                        help="prune inside the vision encoder after block L (default off)")
-    prune.add_argument("--acgr-anchors", type=_whole_number, default=None, metavar="M",
+    prune.add_argument("--acgr-anchors", type=whole_number, default=None, metavar="M",
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x budget)")
     prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable)")
     run = parser.add_argument_group("hardware")
-    run.add_argument("--max-tokens", type=_whole_number, default=harness.SHORT_ANSWER.max_tokens,
+    run.add_argument("--max-tokens", type=whole_number, default=harness.SHORT_ANSWER.max_tokens,
                      help=f"answer length limit (default {harness.SHORT_ANSWER.max_tokens}; greedy)")
-    run.add_argument("--threads", type=_whole_number, default=None, help="CPU threads (default: all cores)")
+    run.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
     run.add_argument("--n-gpu-layers", type=int, default=0, help="LLM layers on the GPU (CUDA/Metal builds)")
     run.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
     out = parser.add_argument_group("output")
@@ -113,7 +113,7 @@ def run(argv: list[str]) -> dict:
         harness.pyplot()  # a missing matplotlib fails now, not after the whole run
     benchmark = _benchmark(args)
     options = PipelineOptions(acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
-                              prune_options=_prune_options(args.prune_option), n_threads=args.threads,
+                              prune_options=parse_prune_options(args.prune_option), n_threads=args.threads,
                               n_gpu_layers=args.n_gpu_layers, device=args.device)
     with Pipeline(models.resolve(args.model, args.mmproj), options) as pipe:
         todo = harness.cells(args.methods, args.tokens, pipe.vision.cfg.n_patches)

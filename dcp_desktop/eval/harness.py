@@ -142,14 +142,6 @@ def cell_options(base: PipelineOptions, cell: Cell) -> PipelineOptions:
                    acgr_layer=None if cell.method == FULL else base.acgr_layer)
 
 
-def configure(pipe: Pipeline, options: PipelineOptions) -> None:
-    """Point a loaded Pipeline at another method / budget without reloading llama.cpp: what
-    Pipeline.__init__ derives from its options, done again (a `Pipeline.configure` would be its home)."""
-    cfg = pipe.vision.cfg
-    pipe.n_keep, pipe.acgr_layer, pipe.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
-    pipe.options = options
-
-
 def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
              params: GenerationParams = SHORT_ANSWER, progress=None) -> dict:
     """Answer every question in every cell; the report (see summarise). `progress`: a tqdm-like bar,
@@ -166,7 +158,7 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
             image = group[0].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
             for cell in todo:
-                configure(pipe, cell_options(base, cell))
+                pipe.configure(cell_options(base, cell))
                 encoded = _encoded(pipe, image, encodings)
                 vision_ms[cell].append(encoded.timings_ms["vision"])
                 for example in group:
@@ -174,14 +166,14 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
                     if progress is not None:
                         progress.update()
     finally:
-        configure(pipe, base)
+        pipe.configure(base)
     return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, base.acgr_layer)
 
 
 def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: GenerationParams) -> None:
     """One untimed full-token answer: llama.cpp sizes its compute buffers and PyTorch its kernels on the
     first call, which would otherwise land in the first cell's times."""
-    configure(pipe, cell_options(base, Cell(FULL, pipe.vision.cfg.n_patches)))
+    pipe.configure(cell_options(base, Cell(FULL, pipe.vision.cfg.n_patches)))
     pipe.new_chat()
     for _ in pipe.ask(example.question, [pipe.encode_image(example.load())], params):
         pass

@@ -16,12 +16,11 @@ import sys
 
 from . import models
 from .engine import GenerationParams
-from .errors import InputError
+from .errors import InputError, run_command
 from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, EncodedImage, Pipeline, PipelineOptions
 from .prune import DEFAULT_OPTIONS, METHODS
 from .vision import VISION_DTYPES
 
-EXIT_BAD_INPUT = 2
 
 EXAMPLES = """\
 examples:
@@ -213,14 +212,7 @@ def run(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except InputError as error:
-        print(f"dcp-chat: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        sys.exit(130)
+    run_command("dcp-chat", run, argv)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,14 @@ def image_path(tmp_path_factory) -> Path:
     pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def run_main(main, capsys, *argv) -> tuple[int, str, str]:
+    """Call a command's main(argv) in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -13,19 +13,14 @@ import pytest
 from PIL import Image
 
 import make_test_model
+from conftest import run_main
 from dcp_desktop.cli import main
 
 RUN = ["--max-tokens", "4", "--threads", "2"]
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, capsys, *argv)
 
 
 def test_json_report(tiny, image_path, capsys):

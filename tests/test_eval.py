@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from conftest import run_main
 from dcp_desktop.eval import harness, scenes
 from dcp_desktop.eval.cli import main
 
@@ -16,13 +17,7 @@ RUN = ["--threads", "1", "--quiet"]
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, capsys, *argv)
 
 
 def test_report_schema_and_table(tiny, tmp_path, capsys):

@@ -20,12 +20,11 @@ from tqdm import tqdm
 from .. import models
 from ..cli import parse_prune_options, whole_number  # dcp-chat's parsers: one definition of each
 from ..engine import GenerationParams
-from ..errors import InputError
+from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
 from ..prune import METHODS
 from . import harness
 
-EXIT_BAD_INPUT = 2
 DEFAULT_METHODS = ("dcp", "visionzip", "divprune", "cdpruner", "fastervlm", "pool", "random")
 DEFAULT_BUDGETS = (576, 192, 128, 64, 32, 16, 8)
 DEFAULT_IMAGES = 100  # × 4 questions: a 95% interval of about ±4 points on an accuracy near 80%
@@ -131,14 +130,7 @@ def run(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except InputError as error:
-        print(f"dcp-eval: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        sys.exit(130)
+    run_command("dcp-eval", run, argv)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ class EncodedImage:
     patch_idx: np.ndarray | None  # (n,) grid patches after in-encoder ACGR, else None (all)
     n_full: int  # 576
     timings_ms: dict[str, float] = field(default_factory=dict)  # vision (+ vision_saved_estimate)
+    # after in-encoder ACGR: (n_full,) int32, the row of `features` each grid patch went to, -1 if dropped
+    anchor_assignment: np.ndarray | None = None
 
 
 @dataclass
@@ -70,6 +72,9 @@ class ImageTokens:
     selection: Selection  # which patches were kept, their masses, κ
     n_full: int  # patches before pruning (576)
     timings_ms: dict[str, float] = field(default_factory=dict)  # vision, prune, project
+    # (n_full,) int32: the token (index into the K) each grid patch ended up in, -1 if dropped;
+    # composed through in-encoder ACGR when it ran (see grid_assignment)
+    grid_assignment: np.ndarray | None = None
 
 
 @contextmanager
@@ -195,7 +200,8 @@ class Pipeline:
                                options=self.options.prune_options, seed=self.options.seed)
         with _timed(timings, "project"):
             embeddings = self.vision.project(selection.features)  # (K, n_embd)
-        return ImageTokens(embeddings, selection, image.n_full, timings)
+        return ImageTokens(embeddings, selection, image.n_full, timings,
+                           grid_assignment(selection.assignment, image.anchor_assignment))
 
     # --- language model ----------------------------------------------------------------------
 
@@ -225,10 +231,24 @@ class Pipeline:
         self.engine.new_chat()
 
 
+def grid_assignment(assignment: np.ndarray, anchor_assignment: np.ndarray | None) -> np.ndarray:
+    """(n_full,) int32 read-only: the output token each grid patch ended up in, -1 if dropped.
+    `assignment` maps the pruner's input rows to output tokens; after in-encoder ACGR those rows
+    are the M anchors and `anchor_assignment` maps grid patches to anchors, so the two compose."""
+    assignment = np.asarray(assignment, dtype=np.int32)
+    if anchor_assignment is None:
+        grid = assignment.copy()
+    else:
+        grid = np.where(anchor_assignment >= 0, assignment[np.maximum(anchor_assignment, 0)], -1).astype(np.int32)
+    grid.setflags(write=False)
+    return grid
+
+
 def _as_encoded(state: EncoderState, anchors: Selection | None, n_full: int) -> EncodedImage:
     def numpy(x: torch.Tensor) -> np.ndarray:
         return x.float().cpu().numpy()
 
     return EncodedImage(features=numpy(state.patches), cls_attn=numpy(state.cls_attn), keys=numpy(state.keys),
                         masses=None if anchors is None else np.array(anchors.masses),
-                        patch_idx=None if anchors is None else np.array(anchors.indices), n_full=n_full)
+                        patch_idx=None if anchors is None else np.array(anchors.indices), n_full=n_full,
+                        anchor_assignment=None if anchors is None else anchors.assignment)

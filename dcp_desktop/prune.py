@@ -52,6 +52,8 @@ class Selection:
     masses: np.ndarray    # (K,) float32: how many original patches each token stands for
     kappa: float          # κ: distribution shift from the input tokens to these (0 = none)
     used_tatcs: bool      # dcp: κ after ACGR exceeded tau, so TATCS re-selected the tokens
+    assignment: np.ndarray  # (N,) int32: per input token, the output token (index into the K) it
+                            # ended up in, -1 if dropped (merging methods map merged rows too)
 
 
 def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int, int] = (24, 24),
@@ -81,12 +83,12 @@ def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int
     options = _check_options(options)
     seed = _check_seed(seed)
     prune = _check_impl(impl)
-    indices, kept, kept_masses, kappa, used_tatcs = prune(
+    indices, kept, kept_masses, kappa, used_tatcs, assignment = prune(
         features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_keep, method, seed, options)
-    for array in (indices, kept, kept_masses):
+    for array in (indices, kept, kept_masses, assignment):
         array.setflags(write=False)
     return Selection(indices=indices, features=kept, masses=kept_masses, kappa=float(kappa),
-                     used_tatcs=bool(used_tatcs))
+                     used_tatcs=bool(used_tatcs), assignment=assignment)
 
 
 def kappa(full, kept, full_masses=None, kept_masses=None) -> float:

@@ -240,6 +240,10 @@ dcp_status prune_visionzip(const dcp_tokens & t, const dcp_prune_params & p, dcp
         std::memcpy(features.data() + k * d, t.features + size_t(rows[k]) * d, d * sizeof(float));
         masses[k] = mass_of(t, rows[k]);
     }
+    index_list local(size_t(t.n_tokens), -1);  // input row → index into rows
+    for (size_t k = 0; k < size_t(n_dom); ++k) {
+        local[size_t(rows[k])] = int32_t(k);
+    }
     if (n_ctx > 0) {
         const index_list rest = rows_except(rows, t.n_tokens);
         const index_list target_pos = spread_targets(rest.size(), n_ctx);
@@ -250,8 +254,11 @@ dcp_status prune_visionzip(const dcp_tokens & t, const dcp_prune_params & p, dcp
         for (int32_t position : target_pos) {
             rows.push_back(rest[size_t(position)]);
         }
+        for (size_t q = 0; q < rest.size(); ++q) {
+            local[size_t(rest[q])] = n_dom + cluster[q];
+        }
     }
-    emit_merged(t, rows, features, masses, out);
+    emit_merged(t, rows, features, masses, local, out);
     return DCP_STATUS_OK;
 }
 

@@ -35,7 +35,8 @@ using numpy_out = nb::ndarray<nb::numpy, T, Shape>;
 
 using prune_result = std::tuple<numpy_out<int32_t, nb::shape<-1>>,
                                 numpy_out<float, nb::shape<-1, -1>>,
-                                numpy_out<float, nb::shape<-1>>, float, bool>;
+                                numpy_out<float, nb::shape<-1>>, float, bool,
+                                numpy_out<int32_t, nb::shape<-1>>>;
 
 // dcp_options fields by their Python name. Integer options are stored as int32.
 struct option_field {
@@ -192,7 +193,9 @@ prune_result prune(const features_in & features, const std::optional<scores_in> 
     auto kept_idx = std::make_unique<int32_t[]>(n_out);
     auto kept_features = std::make_unique<float[]>(n_out * n_dim);
     auto kept_masses = std::make_unique<float[]>(n_out);
-    dcp_selection out = {kept_idx.get(), kept_features.get(), kept_masses.get(), 0.0f, false};
+    const size_t n_in = size_t(tokens.n_tokens);
+    auto assignment = std::make_unique<int32_t[]>(n_in);
+    dcp_selection out = {kept_idx.get(), kept_features.get(), kept_masses.get(), assignment.get(), 0.0f, false};
     dcp_status status;
     {
         nb::gil_scoped_release no_gil; // long calls must not freeze the GUI thread
@@ -201,7 +204,8 @@ prune_result prune(const features_in & features, const std::optional<scores_in> 
     throw_on_error(status, tokens, params);
     return {to_numpy<int32_t, nb::shape<-1>>(std::move(kept_idx), {n_out}),
             to_numpy<float, nb::shape<-1, -1>>(std::move(kept_features), {n_out, n_dim}),
-            to_numpy<float, nb::shape<-1>>(std::move(kept_masses), {n_out}), out.kappa, out.used_tatcs};
+            to_numpy<float, nb::shape<-1>>(std::move(kept_masses), {n_out}), out.kappa, out.used_tatcs,
+            to_numpy<int32_t, nb::shape<-1>>(std::move(assignment), {n_in})};
 }
 
 float kappa(const features_in & a, const std::optional<scores_in> & masses_a,
@@ -240,7 +244,8 @@ NB_MODULE(_native, m) {
           "Keep n_keep of the (N, D) float32 tokens (see prune.h for every argument).\n"
           "cls_attn, masses: (N,) float32; keys: (N, Dk) float32; patch_idx: (N,) int32; text: (T, D)\n"
           "float32; each may be None. options: {name: value} overriding default_options().\n"
-          "Returns (kept_idx int32 (K,), features float32 (K, D), masses float32 (K,), kappa, used_tatcs).\n"
+          "Returns (kept_idx int32 (K,), features float32 (K, D), masses float32 (K,), kappa, used_tatcs,\n"
+          "assignment int32 (N,): the output token each input row went to, -1 if dropped).\n"
           "Raises ValueError for bad sizes or values, TypeError for arrays of the wrong dtype,\n"
           "rank, layout or device (no silent conversion).");
 }

@@ -71,6 +71,7 @@ struct merged_tokens {
     index_list         rows;      // (K,)
     std::vector<float> features;  // (K, d)
     std::vector<float> masses;    // (K,)
+    index_list         local;     // (N,) input row → the token k it went to, -1 if dropped
 };
 
 // ---- acgr ------------------------------------------------------------------------------------
@@ -154,7 +155,8 @@ void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_lis
 // Context row `row` hands ρ·w of its feature mass-weighted (and w of its mass) to each of its
 // positively linked anchors: order[0 .. n_neighbors) by affinity, best first, so the positive
 // links are a prefix; w = affinity / Σ positive affinities.
-void absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
+// Returns the number of counted links (0: the row is dropped).
+int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
             const index_list & order, int32_t n_neighbors, recovery & r) {
     int32_t n_links = 0;
     double total = 0.0;
@@ -175,11 +177,14 @@ void absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<dou
         r.denominator[a] += pull;
         r.mass[a] += w * m;
     }
+    return n_links;
 }
 
-merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, const recovery & r) {
+merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, const recovery & r,
+                              index_list local) {
     const size_t d = size_t(t.n_dim);
-    merged_tokens out{anchors, std::vector<float>(anchors.size() * d), std::vector<float>(anchors.size())};
+    merged_tokens out{anchors, std::vector<float>(anchors.size() * d), std::vector<float>(anchors.size()),
+                      std::move(local)};
     for (size_t a = 0; a < anchors.size(); ++a) {
         for (size_t j = 0; j < d; ++j) {
             out.features[a * d + j] = float(r.numerator[a * d + j] / r.denominator[a]);
@@ -204,6 +209,10 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     recovery r = start_recovery(t, anchors);
     std::vector<double> affinity(anchors.size());  // (M,) scratch
     index_list order(anchors.size());              // (M,) scratch
+    index_list local(size_t(t.n_tokens), -1);      // (N,) anchors: themselves; context: the best link
+    for (size_t a = 0; a < anchors.size(); ++a) {
+        local[size_t(anchors[a])] = int32_t(a);
+    }
     const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
         return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
     };
@@ -214,9 +223,11 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
         anchor_affinities(t, u, anchors, spatial, row, affinity);
         std::iota(order.begin(), order.end(), 0);
         std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
-        absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r);
+        if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
+            local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
+        }
     }
-    return finish_recovery(t, anchors, r);
+    return finish_recovery(t, anchors, r, std::move(local));
 }
 
 // ---- tatcs -----------------------------------------------------------------------------------
@@ -377,7 +388,7 @@ merged_tokens merge_into_representatives(const dcp_tokens & t, const unit_set & 
         weight[k] += omega;
         mass[k] += m;
     }
-    merged_tokens out{representative, std::vector<float>(n_clusters * d), std::vector<float>(n_clusters)};
+    merged_tokens out{representative, std::vector<float>(n_clusters * d), std::vector<float>(n_clusters), cluster};
     for (size_t k = 0; k < n_clusters; ++k) {
         for (size_t j = 0; j < d; ++j) {
             out.features[k * d + j] = float(sum[k * d + j] / weight[k]);
@@ -399,7 +410,7 @@ merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clust
 }
 
 void emit(const dcp_tokens & t, const merged_tokens & m, dcp_selection & out) {
-    emit_merged(t, m.rows, m.features, m.masses, out);
+    emit_merged(t, m.rows, m.features, m.masses, m.local, out);
 }
 
 } // namespace

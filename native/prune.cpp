@@ -45,10 +45,16 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
         std::memcpy(out.features + k * d, t.features + size_t(rows[k]) * d, d * sizeof(float));
         out.masses[k] = mass_of(t, rows[k]);
     }
+    if (out.assignment) {
+        std::fill(out.assignment, out.assignment + t.n_tokens, -1);
+        for (size_t k = 0; k < rows.size(); ++k) {
+            out.assignment[rows[k]] = int32_t(k);
+        }
+    }
 }
 
 void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vector<float> & features,
-                 const std::vector<float> & masses, const dcp_selection & out) {
+                 const std::vector<float> & masses, const index_list & local, const dcp_selection & out) {
     index_list order(rows.size(), 0);
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&rows](int32_t a, int32_t b) { return rows[a] < rows[b]; });
@@ -58,6 +64,15 @@ void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vecto
         out.kept_idx[k] = patch_of(t, rows[src]);
         std::memcpy(out.features + k * d, features.data() + src * d, d * sizeof(float));
         out.masses[k] = masses[src];
+    }
+    if (out.assignment) {
+        index_list rank(order.size(), 0);  // method-local token → output token
+        for (size_t k = 0; k < order.size(); ++k) {
+            rank[size_t(order[k])] = int32_t(k);
+        }
+        for (size_t i = 0; i < size_t(t.n_tokens); ++i) {
+            out.assignment[i] = local[i] >= 0 ? rank[size_t(local[i])] : -1;
+        }
     }
 }
 
@@ -135,6 +150,9 @@ dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params
         return DCP_STATUS_BAD_N_KEEP;
     }
     std::vector<double> sum(size_t(tokens.n_dim));
+    if (out.assignment) {
+        std::fill(out.assignment, out.assignment + tokens.n_tokens, -1);
+    }
     for (int32_t i = 0; i < cells.rows; ++i) {
         const int32_t r0 = cell_start(i, tokens.grid_h, cells.rows);
         const int32_t r1 = cell_end(i, tokens.grid_h, cells.rows);
@@ -145,6 +163,14 @@ dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params
             cell_mean(tokens, r0, r1, c0, c1, sum, out.features + k * size_t(tokens.n_dim));
             out.masses[k] = float((r1 - r0) * (c1 - c0));
             out.kept_idx[k] = ((r0 + r1 - 1) / 2) * tokens.grid_w + (c0 + c1 - 1) / 2;
+            for (int32_t r = r0; out.assignment && r < r1; ++r) {
+                for (int32_t c = c0; c < c1; ++c) {
+                    int32_t & a = out.assignment[size_t(r) * size_t(tokens.grid_w) + size_t(c)];
+                    if (a < 0) {
+                        a = int32_t(k);  // overlapping cells: the first cell in raster order wins
+                    }
+                }
+            }
         }
     }
     return DCP_STATUS_OK;

@@ -23,6 +23,16 @@
 //   features   float32 [n_keep × n_dim] (output), row-major, row k belongs to kept_idx[k].
 //   masses     float32 [n_keep]: how many original patches each output token stands for.
 //              Selection methods copy the input mass; merging methods add up what they merge.
+//   assignment int32   [n_tokens] (output, optional: NULL skips it): for each input row, the output
+//              token (index into the n_keep outputs, in output order) it ended up in, -1 if dropped.
+//              Selection methods (full, fastervlm, random, divprune, cdpruner): kept rows map to
+//              their own token, every other row -1. pool: each patch maps to its cell; a patch in
+//              several overlapping cells maps to the first of them in raster order of cells.
+//              visionzip: dominant rows map to themselves, contextual rows to their target's
+//              token (with n_ctx == 0 they are -1). acgr: anchors map to themselves, each context
+//              row to the anchor with its largest edge weight w_ca (ties: the lower anchor row),
+//              a row with no counted link -1. tatcs: every row maps to its cluster's token. dcp:
+//              as the stage it returned (acgr or tatcs).
 //   kappa      κ, the distribution shift from the input set to the output set (dcp_kappa), for
 //              every method, so methods can be compared.
 //
@@ -203,6 +213,7 @@ struct dcp_selection {
     int32_t * kept_idx;   // [n_keep]
     float   * features;   // [n_keep × n_dim]
     float   * masses;     // [n_keep]
+    int32_t * assignment; // [n_tokens] or NULL: for each INPUT row, the output token (0..n_keep-1, output order) it ended up in, -1 if dropped
     float     kappa;      // written: κ(input, output)
     bool      used_tatcs; // written: dcp ran TATCS (κ > tau); tatcs: always; others: false
 };

@@ -72,12 +72,15 @@ inline int32_t patch_of(const dcp_tokens & t, int32_t row) { return t.patch_idx 
 // ---- writing the result ------------------------------------------------------------------------
 
 // Copies the input rows `rows` (any order) to `out` in patch order, with their input masses.
+// out.assignment (when given): each kept row → its own output token, every other row -1.
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out);
 
 // Writes merged tokens: token k sits on input row rows[k] with feature features[k*n_dim ..] and
-// mass masses[k]. Sorted into patch order on the way out.
+// mass masses[k]. Sorted into patch order on the way out. local[i] (n_tokens entries) is the
+// method-local token (index into rows) input row i went to, -1 if dropped; out.assignment (when
+// given) gets it translated into output order.
 void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vector<float> & features,
-                 const std::vector<float> & masses, const dcp_selection & out);
+                 const std::vector<float> & masses, const index_list & local, const dcp_selection & out);
 
 // ---- the methods (each in its own file; inputs already validated by dcp_prune) -----------------
 

@@ -17,6 +17,7 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QMimeData, QObject, QPointF, QRectF, Qt, QUrl, Slot  # noqa: E402
 from PySide6.QtGui import QColor, QDropEvent, QGuiApplication, QImage, QPainter  # noqa: E402
@@ -203,6 +204,18 @@ def test_overlay_draws_the_kept_patches_and_follows_the_budget(qtbot, window, im
         tile.picture.grab()
         assert tile.picture.cells_drawn == 8
     assert window.store.chat(window.chat_id).n_keep == 8
+
+
+def test_overlay_gets_the_grid_assignment_of_the_kept_tokens(qtbot, window, image_path):
+    attach_and_wait(qtbot, window, image_path)
+    ask(qtbot, window, "What is in the image?")
+    tile = window.chat_view.bubbles[0].tiles[0]
+    qtbot.waitUntil(lambda: tile.toggle.isEnabled())
+    overlay = Overlay.from_dict(window.chat_model.message(0).images[0].selection)
+    assert overlay.assignment is not None and len(overlay.assignment) == 576
+    assignment = np.array(overlay.assignment)
+    assert set(assignment[assignment >= 0]) == set(range(len(overlay.indices)))  # every kept token
+    np.testing.assert_array_equal(assignment[list(overlay.indices)], np.arange(len(overlay.indices)))
 
 
 def test_overlay_painting_masses_and_cluster_tints():

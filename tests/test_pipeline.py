@@ -57,6 +57,14 @@ def test_in_encoder_acgr_keeps_masses_and_grid_positions(tiny, image_path):
         assert image.timings_ms["vision_saved_estimate"] >= 0
         tokens = pipe.prepare(image, "What is in the image?")
         assert set(tokens.selection.indices) <= set(image.patch_idx)
+        # the grid assignment composes encoder ACGR (patch → anchor) with the final pruning (anchor → token)
+        grid = tokens.grid_assignment
+        assert grid.shape == (576,) and grid.dtype == np.int32
+        np.testing.assert_array_equal(grid[tokens.selection.indices], np.arange(8))
+        assert set(grid[grid >= 0]) == set(range(8))
+        anchor_of = image.anchor_assignment
+        expected = np.where(anchor_of >= 0, tokens.selection.assignment[np.maximum(anchor_of, 0)], -1)
+        np.testing.assert_array_equal(grid, expected)
 
 
 @pytest.mark.parametrize("layer,anchors,match", [(0, None, "--acgr-layer"), (9, None, "--acgr-layer"),

@@ -101,6 +101,33 @@ def assert_same_selection(a: Selection, b: Selection) -> None:
     np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
     assert a.kappa == pytest.approx(b.kappa, rel=1e-4, abs=1e-4)
     assert a.used_tatcs == b.used_tatcs
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    assert a.assignment.dtype == np.int32
+
+
+def assert_selection_assignment(kept: Selection, n_tokens: int, patch_idx=None) -> None:
+    """A selection method's assignment: exactly the K kept rows are >= 0, each on its own token."""
+    patches = np.arange(n_tokens) if patch_idx is None else np.asarray(patch_idx)
+    assert kept.assignment.shape == (n_tokens,)
+    rows = np.flatnonzero(kept.assignment >= 0)
+    np.testing.assert_array_equal(patches[rows], kept.indices)
+    np.testing.assert_array_equal(kept.assignment[rows], np.arange(len(kept.indices)))
+
+
+def pool_cells_by_patch(grid, n_keep: int) -> np.ndarray:
+    """(grid_h·grid_w,) the first cell (raster order) containing each patch, from prune.h's rule."""
+    grid_h, grid_w = grid
+    rows, cols = prune_reference.pool_cell_grid(n_keep)
+    expected = np.full(grid_h * grid_w, -1)
+    for patch in range(grid_h * grid_w):
+        r, c = divmod(patch, grid_w)
+        for cell in range(n_keep):
+            i, j = divmod(cell, cols)
+            if (i * grid_h) // rows <= r < -(-(i + 1) * grid_h // rows) \
+                    and (j * grid_w) // cols <= c < -(-(j + 1) * grid_w // cols):
+                expected[patch] = cell
+                break
+    return expected
 
 
 # ---- native == reference -------------------------------------------------------------------
@@ -120,6 +147,18 @@ def test_native_matches_reference(method, tokens, data, seed):
     assert native.features.shape == (n_keep, features.shape[1])
     assert np.all(np.diff(native.indices) > 0), "indices must be strictly ascending"
     assert native.kappa >= 0
+    if method == "pool":
+        np.testing.assert_array_equal(native.assignment, pool_cells_by_patch(grid, n_keep))
+    else:
+        assert_selection_assignment(native, len(features))
+
+
+def test_pool_assignment_tiles_a_divisible_grid():
+    features, _ = random_image()
+    kept = select(features, n_keep=16, method="pool")
+    np.testing.assert_array_equal(kept.assignment.reshape(4, 6, 4, 6).transpose(0, 2, 1, 3).reshape(16, 36),
+                                  np.repeat(np.arange(16), 36).reshape(16, 36))
+    np.testing.assert_array_equal(np.bincount(kept.assignment, minlength=16), kept.masses)
 
 
 def test_method_lists_agree():
@@ -409,7 +448,7 @@ def test_native_raises_value_error_naming_the_argument(overrides, argument):
 
 def test_native_outputs_own_their_memory():
     features = FEATURES.copy()
-    kept_idx, kept_features, masses, _, _ = native_prune(features=features)
+    kept_idx, kept_features, masses, _, _, _ = native_prune(features=features)
     expected = features[kept_idx].copy()
     del features
     gc.collect()

@@ -93,6 +93,8 @@ def assert_same_selection(native, reference) -> None:
     np.testing.assert_allclose(native.features, reference.features, rtol=1e-5, atol=1e-5)
     assert native.kappa == pytest.approx(reference.kappa, rel=1e-4, abs=1e-4)
     assert native.used_tatcs == reference.used_tatcs is False
+    np.testing.assert_array_equal(native.assignment, reference.assignment)
+    assert native.assignment.dtype == np.int32
 
 
 def clustered_rows(rng: np.random.Generator, n_clusters: int, per_cluster: int, n_dim: int):
@@ -116,6 +118,18 @@ def test_native_matches_reference(method, call):
     assert np.all(np.diff(native.indices) > 0), "indices must be strictly ascending"
     patches = np.arange(len(call["features"])) if call["patch_idx"] is None else call["patch_idx"]
     assert np.isin(native.indices, patches).all()
+    assignment = native.assignment
+    assert assignment.shape == (len(patches),) and assignment.min() >= -1 and assignment.max() < call["n_keep"]
+    if method == "visionzip":
+        kept_rows = np.flatnonzero(np.isin(patches, native.indices))  # each token sits on its own row
+        np.testing.assert_array_equal(assignment[kept_rows], np.arange(call["n_keep"]))
+        if call["masses"] is None:  # merged masses = rows merged
+            np.testing.assert_array_equal(np.bincount(assignment[assignment >= 0], minlength=call["n_keep"]),
+                                          native.masses)
+    else:
+        rows = np.flatnonzero(assignment >= 0)
+        np.testing.assert_array_equal(np.asarray(patches)[rows], native.indices)
+        np.testing.assert_array_equal(assignment[rows], np.arange(call["n_keep"]))
 
 
 @pytest.mark.parametrize("method", BASELINES)

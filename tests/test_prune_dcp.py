@@ -80,6 +80,8 @@ def assert_same_tokens(a: Selection, b: Selection) -> None:
     np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
     assert a.kappa == pytest.approx(b.kappa, rel=1e-4, abs=1e-4)
     assert a.used_tatcs == b.used_tatcs
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    assert a.assignment.dtype == np.int32
 
 
 # ---- native == reference -------------------------------------------------------------------
@@ -98,6 +100,16 @@ def test_native_matches_reference(method, tokens, options, data):
     assert np.all(np.diff(native.indices) > 0), "indices must be strictly ascending"
     assert np.isin(native.indices, tokens["patch_idx"] if tokens["patch_idx"] is not None else native.indices).all()
     assert native.used_tatcs == {"acgr": False, "tatcs": True}.get(method, native.used_tatcs)
+    assignment = native.assignment
+    assert assignment.shape == (n_tokens,) and assignment.min() >= -1 and assignment.max() < n_keep
+    patches = tokens["patch_idx"] if tokens["patch_idx"] is not None else np.arange(n_tokens)
+    kept_rows = np.flatnonzero(np.isin(patches, native.indices))  # each token sits on its own row
+    np.testing.assert_array_equal(assignment[kept_rows], np.arange(n_keep))
+    if native.used_tatcs:
+        assert (assignment >= 0).all()  # TATCS clusters every row
+    one_link = not native.used_tatcs and options["acgr_n_neighbors"] == 1  # w = 1: whole rows move
+    if tokens.get("masses") is None and (native.used_tatcs or one_link):
+        np.testing.assert_array_equal(np.bincount(assignment[assignment >= 0], minlength=n_keep), native.masses)
 
 
 @FEW_EXAMPLES

@@ -271,8 +271,10 @@ def answer_stats(pipe: Pipeline, clock: _TurnClock, stopped: bool) -> dict:
 
 def _overlay(image: ImageTokens, background: tuple[int, int, int]) -> Overlay:
     selection = image.selection
+    grid = image.grid_assignment  # (n_full,) kept token of each grid patch, -1 dropped
     return Overlay(tuple(int(i) for i in selection.indices), tuple(float(m) for m in selection.masses),
-                   float(selection.kappa), image.n_full, background)
+                   float(selection.kappa), image.n_full, background,
+                   None if grid is None else tuple(int(a) for a in grid))
 
 
 def _log(error: BaseException) -> None:

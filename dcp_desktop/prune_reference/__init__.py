@@ -56,11 +56,13 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Output:
-    """What a method returns: token k sits on input row rows[k] (any order; sorted later)."""
+    """What a method returns: token k sits on input row rows[k] (any order; sorted later);
+    assignment[i] is the token k (method-local, an index into rows) input row i went to, -1 if dropped."""
 
     rows: np.ndarray  # (K,) int
     features: np.ndarray  # (K, d) float32
     masses: np.ndarray  # (K,) float32
+    assignment: np.ndarray  # (n,) int, method-local token per input row, -1 if dropped
     used_tatcs: bool = False
 
 
@@ -109,7 +111,9 @@ def float32_option(options: dict, name: str) -> float:
 def selection(tokens: Tokens, rows) -> Output:
     """The input rows `rows`, unchanged, with their input masses."""
     rows = np.asarray(rows, dtype=np.int64)
-    return Output(rows, tokens.features[rows], tokens.masses[rows])
+    assignment = np.full(tokens.n, -1, np.int64)
+    assignment[rows] = np.arange(len(rows))
+    return Output(rows, tokens.features[rows], tokens.masses[rows], assignment)
 
 
 # ---- κ -----------------------------------------------------------------------------------------
@@ -153,6 +157,7 @@ def pool(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     rows, cols = pool_cell_grid(n_keep)
     patches = tokens.features.reshape(grid_h, grid_w, -1)  # (grid_h, grid_w, d)
     centres, means, masses = [], [], []
+    assignment = np.full((grid_h, grid_w), -1, np.int64)  # overlapping cells: the first in raster order
     for i in range(rows):
         r0, r1 = _cell_bounds(i, grid_h, rows)
         for j in range(cols):
@@ -161,7 +166,10 @@ def pool(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
             means.append(cell.astype(np.float64).mean(axis=0))  # (d,)
             masses.append(len(cell))
             centres.append((r0 + r1 - 1) // 2 * grid_w + (c0 + c1 - 1) // 2)  # the centre patch
-    return Output(np.array(centres), np.array(means, dtype=np.float32), np.array(masses, dtype=np.float32))
+            cell_assignment = assignment[r0:r1, c0:c1]  # a view
+            cell_assignment[cell_assignment < 0] = len(centres) - 1
+    return Output(np.array(centres), np.array(means, dtype=np.float32), np.array(masses, dtype=np.float32),
+                  assignment.ravel())
 
 
 def fastervlm(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
@@ -208,7 +216,11 @@ def prune(features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_k
         text=text if text is not None and len(text) else None, grid=(grid_h, grid_w))
     out = SELECTORS[method](tokens, n_keep, seed, {**DEFAULT_OPTIONS, **options})
     order = np.argsort(out.rows, kind="stable")  # patch order
+    rank = np.empty(len(order), np.int64)  # method-local token → output token
+    rank[order] = np.arange(len(order))
+    assignment = np.where(out.assignment >= 0, rank[np.maximum(out.assignment, 0)], -1).astype(np.int32)  # (n,)
     kept = np.ascontiguousarray(out.features[order], dtype=np.float32)  # (K, d)
     kept_masses = np.ascontiguousarray(out.masses[order], dtype=np.float32)  # (K,)
     k = kappa(features, masses, kept, kept_masses)
-    return tokens.patch_idx[out.rows[order]].astype(np.int32), kept, kept_masses, k, out.used_tatcs
+    return (tokens.patch_idx[out.rows[order]].astype(np.int32), kept, kept_masses, k, out.used_tatcs,
+            assignment)

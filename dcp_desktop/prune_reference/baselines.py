@@ -42,10 +42,14 @@ def visionzip(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     cluster_mass = np.bincount(cluster, weights=masses, minlength=n_ctx)  # (n_ctx,) summed in row order
     cluster_sum = np.zeros((n_ctx, tokens.features.shape[1]))  # (n_ctx, d)
     np.add.at(cluster_sum, cluster, masses[:, None] * tokens.features[rest])
+    assignment = np.full(tokens.n, -1, np.int64)  # dominant rows: themselves; the rest: their target
+    assignment[dominant] = np.arange(n_dom)
+    assignment[rest] = n_dom + cluster
     return Output(
         rows=np.concatenate([dominant, rest[target_pos]]),
         features=np.concatenate([tokens.features[dominant], cluster_sum / cluster_mass[:, None]]).astype(np.float32),
-        masses=np.concatenate([tokens.masses[dominant], cluster_mass.astype(np.float32)]))
+        masses=np.concatenate([tokens.masses[dominant], cluster_mass.astype(np.float32)]),
+        assignment=assignment)
 
 
 def _nearest_targets(tokens: Tokens, rest: np.ndarray, target_pos: np.ndarray) -> np.ndarray:

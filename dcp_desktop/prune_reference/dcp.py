@@ -89,7 +89,11 @@ def _recover(tokens: Tokens, anchors: np.ndarray, context: np.ndarray, nearest: 
     np.add.at(numerator, nearest, pull[..., None] * x[context, None])
     denominator = m[anchors] + np.bincount(nearest.ravel(), pull.ravel(), minlength=n_anchors)  # (M,)
     mass = m[anchors] + np.bincount(nearest.ravel(), (w * m[context, None]).ravel(), minlength=n_anchors)  # (M,)
-    return Output(anchors, (numerator / denominator[:, None]).astype(np.float32), mass.astype(np.float32))
+    assignment = np.full(tokens.n, -1, np.int64)  # anchors: themselves; context: the largest w_ca
+    assignment[anchors] = np.arange(n_anchors)
+    assignment[context] = np.where(w[:, 0] > 0, nearest[:, 0], -1)  # best first; ties: the lower anchor
+    return Output(anchors, (numerator / denominator[:, None]).astype(np.float32), mass.astype(np.float32),
+                  assignment)
 
 
 # ---- tatcs -------------------------------------------------------------------------------------
@@ -174,7 +178,7 @@ def _merge_into_representatives(tokens: Tokens, x: np.ndarray, cluster: np.ndarr
     weight = np.bincount(cluster, omega, minlength=len(representative))  # (K,)
     mass = np.bincount(cluster, m, minlength=len(representative))  # (K,)
     return Output(representative, (sums / weight[:, None]).astype(np.float32), mass.astype(np.float32),
-                  used_tatcs=True)
+                  assignment=np.asarray(cluster, np.int64), used_tatcs=True)
 
 
 # ---- dcp ---------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class EngineWorker(QObject):
     @Slot(object)
     def configure(self, request: ModelRequest) -> None:
         """Use `request` from now on: new files load now (errors show at once), a new method or
-        budget rebuilds at the next image or question."""
+        budget applies at the next image or question without reloading the models."""
         reload_now = self._pipe is None or request.needs_reload_from(self._wanted)
         self._wanted = request
         if reload_now:
@@ -151,10 +151,22 @@ class EngineWorker(QObject):
     def _pipeline(self) -> Pipeline:
         if self._wanted is None:
             raise InputError("no model is loaded: open Models… to pick GGUF files or download one")
+        same_models = self._pipe is not None and not self._wanted.needs_reload_from(self._loaded)
+        if same_models and self._loaded != self._wanted:
+            self._switch_pruning()
         if self._pipe is None or self._loaded != self._wanted:
             if not self._load():
                 raise InputError("the model could not be loaded (see the message above); pick another in Models…")
         return self._pipe
+
+    def _switch_pruning(self) -> None:
+        """A new method or budget on the loaded models: no reload, but the conversation starts over
+        so the chat's images are pruned again the new way."""
+        self._pipe.configure(self._wanted.options)  # InputError for a bad budget: shown as is
+        self._pipe.new_chat()
+        self._encoded.clear()  # in-encoder pruning settings change the encoder's output
+        self._chat_id, self._sent = None, set()
+        self._loaded = self._wanted
 
     def close(self) -> None:
         """Free the Pipeline. Called in the worker thread, or by the GUI once the thread has ended."""

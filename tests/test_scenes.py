@@ -196,6 +196,24 @@ def test_objects_are_visible_in_their_colour():
             assert shown >= 0.85 * obj.area, (seed, obj, shown)
 
 
+def test_patch_labels_match_the_rendered_pixels():
+    """Each labelled patch holds at least 10 pixels of exactly its label's colour; each object's centre patch
+    is marked; a patch with no object colour in it is background."""
+    colour_of = list(COLOURS.values())
+    for seed in range(30):
+        image, scene = render_scene(seed)
+        patches = np.asarray(image).reshape(24, 14, 24, 14, 3).transpose(0, 2, 1, 3, 4)  # (24, 24, 14, 14, 3)
+        labels = scenes.patch_labels(scene)
+        assert labels.shape == (24, 24, 3)
+        for row, col in zip(*np.nonzero(labels[..., 1])):
+            matching = np.all(patches[row, col] == colour_of[labels[row, col, 1] - 1], axis=-1).sum()
+            assert matching >= scenes.PATCH_COVER_PX, (seed, row, col, matching)
+        assert {(obj.y // 14, obj.x // 14) for obj in scene.objects} == set(zip(*np.nonzero(labels[..., 2])))
+        no_object = ~np.any([np.all(patches == c, axis=-1).any((2, 3)) for c in colour_of], axis=0)  # (24, 24)
+        assert not labels[no_object, :2].any(), seed
+        assert set(labels[..., 0][labels[..., 0] > 0] - 1) <= {SHAPES.index(o.shape) for o in scene.objects}
+
+
 def test_object_colours_are_distinct_and_far_from_background_and_distractors():
     colours = np.array(list(COLOURS.values()), dtype=float)  # (n_colours, 3)
     distances = np.linalg.norm(colours[:, None] - colours[None], axis=-1)

@@ -2,6 +2,7 @@
 
     make_scene(seed)                          -> Scene: the objects only (fast, no pixels)
     render_scene(seed)                        -> (336×336 RGB PIL image, Scene)
+    patch_labels(scene)                       -> (24, 24, 3) what each 14-px patch shows (training labels)
     questions_for(scene, rng, n)              -> up to n distinct Questions, a balanced mix of TYPES
     make_split(name, n_images, questions_per_image=4, seed=None) -> list[Item]
     export(items, folder, name)               -> folder/name.jsonl + one PNG per image
@@ -39,6 +40,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 336  # CLIP ViT-L/14-336: a 24×24 grid of 14-px patches, 576 visual tokens
+PATCH = 14
+GRID = IMAGE_SIZE // PATCH
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
@@ -50,6 +53,7 @@ NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 TYPES = ("existence", "colour", "shape", "count", "position", "size", "small")
 
 MAX_OBJECTS = 8
+PATCH_COVER_PX = 10  # of a patch's 196 pixels: fewer, and patch_labels calls the patch background
 SMALL_MAX_PX = 16  # a "small" object: its bounding box spans at most 2×2 patches
 SMALL_SHARE = 0.25  # of objects drawn small; the others are 20-120 px, log-uniform
 CLEARLY_LARGER_PX = 32  # "the small star" only when every other star is at least this big
@@ -217,6 +221,26 @@ def render_scene(seed: int) -> tuple[Image.Image, Scene]:
         mask, _, _ = _shape_mask(obj.shape, obj.size)
         image.paste(COLOURS[obj.colour], (obj.x - obj.size // 2, obj.y - obj.size // 2), mask)
     return image, scene
+
+
+def patch_labels(scene: Scene) -> np.ndarray:
+    """Per 14-px patch: [shape index + 1, colour index + 1, 1 if an object's centre pixel is in it], (24, 24, 3)
+    int64, 0 meaning background. A patch shows the object with the most visible pixels in it, if it has at
+    least PATCH_COVER_PX; distractors count as background. The demo model's vision tower learns from these."""
+    owner = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)  # which object (1-based) each pixel shows, drawn as rendered
+    for number, obj in enumerate(scene.objects, 1):
+        mask, _, _ = _shape_mask(obj.shape, obj.size)
+        owner.paste(number, (obj.x - obj.size // 2, obj.y - obj.size // 2), mask)
+    pixels = np.asarray(owner).reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID, GRID, -1)
+    counts = (pixels[..., None] == np.arange(1, len(scene.objects) + 1)).sum(2)  # (24, 24, n_objects)
+    shown = np.where(counts.max(2, initial=0) >= PATCH_COVER_PX, counts.argmax(2) + 1, 0)  # (24, 24) 1-based
+    labels = np.zeros((GRID, GRID, 3), np.int64)
+    for number, obj in enumerate(scene.objects, 1):
+        shows = shown == number
+        labels[shows, 0] = SHAPES.index(obj.shape) + 1
+        labels[shows, 1] = list(COLOURS).index(obj.colour) + 1
+        labels[obj.y // PATCH, obj.x // PATCH, 2] = 1
+    return labels
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:

@@ -3,11 +3,12 @@ JSONL path, answer matching, and the κ / accuracy-loss rank correlation."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import sys
 
 import pytest
+from PIL import Image
 
 from conftest import run_main
 from dcp_desktop.eval import harness, scenes
@@ -72,8 +73,16 @@ def test_bad_data_names_the_file_and_line(tiny, tmp_path, capsys):
     assert code == 2 and '"question"' in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None, reason="matplotlib is installed")
-def test_plot_without_matplotlib_says_which_package(tiny, tmp_path, capsys):
+def test_plot_writes_a_png(tiny, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "--model", tiny.dir, "--n", 1, "--methods", "dcp,pool", "--tokens", "64,16",
+                           "--plot", tmp_path / "p.png", *RUN)
+    assert code == 0, err
+    with Image.open(tmp_path / "p.png") as png:
+        assert png.format == "PNG" and png.width > 300
+
+
+def test_plot_without_matplotlib_says_which_package(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is missing
     code, _, err = run_cli(capsys, "--model", tiny.dir, "--plot", tmp_path / "p.png", *RUN)
     assert code == 2 and "matplotlib" in err
 
@@ -111,3 +120,25 @@ def test_kappa_loss_correlation_per_image_and_cell():
                high: [outcome(high, 0, True, 0.3), outcome(high, 1, False, 1.2), outcome(high, 2, False, 1.5)]}
     # κ ranks 1, 2, 4, 3, 5, 6 against losses 0, 0, 1, 0, 1, 1 (tied ranks 2 and 5): 13.5 / √(17.5 · 13.5)
     assert harness.kappa_loss_spearman(by_cell) == pytest.approx(13.5 / math.sqrt(17.5 * 13.5))
+
+
+def test_calibration_tries_every_grid_value_on_validation_and_keeps_the_best(tiny, tmp_path, capsys, monkeypatch):
+    from dcp_desktop.eval import calibrate
+
+    monkeypatch.setattr(calibrate, "GRIDS", {"acgr_n_neighbors": (1, 2), "tau": (0.0, 0.5, 1e6)})  # a short search
+    report_path = tmp_path / "calibration.json"
+    code, out, err = run_main(calibrate.main, capsys, "--model", tiny.dir, "--n", 1, "--tokens", 16,
+                              "--threads", 1, "--json", report_path)
+    assert code == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["split"] == "validation" and report["tokens"] == [16]
+    tried = {}
+    for t in report["trials"]:
+        tried.setdefault(t["knob"], {})[t["value"]] = t["accuracy"]["16"]
+    for knob, values in calibrate.GRIDS.items():
+        assert set(tried[knob]) == set(values)
+        best = max(tried[knob].values())
+        assert tried[knob][report["chosen"]["prune_options"][knob]] == best
+    layers = list(tried["acgr_layer"])
+    assert layers[0] is None and layers[1:] == list(range(1, len(layers)))  # off, then after each block
+    assert "| tau | 1000000.0 |" in out and "chosen:" in out

@@ -146,6 +146,14 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
              params: GenerationParams = SHORT_ANSWER, progress=None) -> dict:
     """Answer every question in every cell; the report (see summarise). `progress`: a tqdm-like bar,
     advanced once per answered question."""
+    outcomes, vision_ms = answer_all(pipe, benchmark, todo, params=params, progress=progress)
+    return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, pipe.options.acgr_layer)
+
+
+def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params: GenerationParams = SHORT_ANSWER,
+               progress=None, warm_up: bool = True) -> tuple[list[Outcome], dict]:
+    """Every question answered in every cell: the outcomes, and the vision time per cell and image.
+    warm_up=False skips the untimed first answer (for callers that only count correct answers)."""
     base = pipe.options
     if not benchmark.examples:
         raise InputError(f"{benchmark.name}: no questions to evaluate; --n must be at least 1")
@@ -153,7 +161,8 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
         check_budget(cell_options(base, cell), pipe.vision.cfg.n_patches, pipe.vision.cfg.n_blocks)
     outcomes, vision_ms = [], {cell: [] for cell in todo}
     try:
-        _warm_up(pipe, benchmark.examples[0], base, params)
+        if warm_up:
+            _warm_up(pipe, benchmark.examples[0], base, params)
         for index, group in enumerate(_by_image(benchmark.examples)):
             image = group[0].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
@@ -167,7 +176,7 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
                         progress.update()
     finally:
         pipe.configure(base)
-    return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, base.acgr_layer)
+    return outcomes, vision_ms
 
 
 def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: GenerationParams) -> None:

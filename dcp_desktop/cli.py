@@ -176,9 +176,12 @@ def _interactive(pipe: Pipeline, first_image: EncodedImage, args) -> None:
 
 
 def _models_command(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="dcp-chat models", description="List catalog models.")
+    parser = argparse.ArgumentParser(prog="dcp-chat models", description="List the bundled and catalog models.")
     parser.parse_args(argv)
-    print(f"models in {models.cache_dir()}:")
+    print("bundled with dcp-desktop (no download):")
+    for bundled in models.BUNDLED.values():
+        print(f"  {bundled.name:16} {bundled.files.llm.parent}\n  {'':16} {bundled.description}")
+    print(f"catalog, downloaded into {models.cache_dir()}:")
     for status in models.list_models():
         entry = status.entry
         state = f"downloaded, {status.size_bytes / 1e9:.1f} GB" if status.downloaded else \

@@ -58,9 +58,28 @@ CATALOG: tuple[CatalogEntry, ...] = (
 )
 DEFAULT_MODEL = "llava-1.5-7b"
 
-# Models shipped inside the package: name -> (LLM, mmproj) paths relative to this folder.
-# Adding one (the demo model) is one line here; resolve() and catalog_entry() already know the table.
-_BUNDLED: dict[str, tuple[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model shipped inside the package: works offline with no download."""
+
+    name: str
+    llm: str  # path relative to this package's folder
+    mmproj: str
+    description: str
+
+    @property
+    def files(self) -> ModelFiles:
+        package = Path(__file__).parent
+        return ModelFiles(self.name, package / self.llm, package / self.mmproj)
+
+
+BUNDLED: dict[str, BundledModel] = {model.name: model for model in (
+    BundledModel("demo", "demo/dcp-demo.gguf", "demo/mmproj-dcp-demo.gguf",
+                 "a 4 MB LLaVA-1.5-architecture model trained on the synthetic shapes benchmark (models/demo): "
+                 "it answers questions about coloured shapes only; for trying the app and dcp-eval"),
+)}
 
 
 def catalog_entry(name: str) -> CatalogEntry:
@@ -68,7 +87,7 @@ def catalog_entry(name: str) -> CatalogEntry:
     for entry in CATALOG:
         if entry.name == name:
             return entry
-    known = ", ".join([*_BUNDLED, *(entry.name for entry in CATALOG)])
+    known = ", ".join([*BUNDLED, *(entry.name for entry in CATALOG)])
     raise InputError(
         f"model '{name}' is unknown: expected one of {known}, a .gguf file or a folder; "
         "run `dcp-chat models` to see them"
@@ -119,15 +138,15 @@ def resolve(model: str | None, mmproj: str | None) -> ModelFiles:
     (with `mmproj`, or one *mmproj*.gguf beside it) or a folder holding both. Nothing is downloaded."""
     name = model or DEFAULT_MODEL
     path = Path(name).expanduser()
-    if name not in _BUNDLED and (path.exists() or _looks_like_path(name)):
+    if name not in BUNDLED and (path.exists() or _looks_like_path(name)):
         return _files_at(path, mmproj)
     if mmproj:
         raise InputError(
             f"--mmproj {mmproj}: only used with a model file or folder, but '{name}' is a named model "
             "that comes with its own projector; drop --mmproj or pass the LLM .gguf with --model"
         )
-    if name in _BUNDLED:
-        return _bundled_files(name)
+    if name in BUNDLED:
+        return BUNDLED[name].files
     return _cached_files(catalog_entry(name))
 
 
@@ -194,12 +213,6 @@ def _exactly_one(found: list[Path], folder: Path, kind: str) -> Path:
 
 def _count_and_names(paths: list[Path]) -> str:
     return f"{len(paths)} ({', '.join(p.name for p in paths)})" if paths else "0"
-
-
-def _bundled_files(name: str) -> ModelFiles:
-    llm, mmproj = _BUNDLED[name]
-    package = Path(__file__).parent
-    return ModelFiles(name, package / llm, package / mmproj)
 
 
 def _cached_files(entry: CatalogEntry) -> ModelFiles:

@@ -1,6 +1,7 @@
 """dcp-desktop end to end on the tiny GGUF pair: a whole conversation driven through the window
 (attach, ask, stream, stop, regenerate, reopen after a restart), the overlay, errors shown in the
-window, the model manager, and a store that survives kill -9 mid-transaction."""
+window, the model manager, the bundled model on a first start (the tiny pair standing in for the
+demo model), and history that survives kill -9 mid-transaction and mid-answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported: no display needed
 
+import json  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -22,6 +24,8 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QMimeData, QObject, QPointF, QRectF, Qt, QUrl, Slot  # noqa: E402
 from PySide6.QtGui import QColor, QDropEvent, QGuiApplication, QImage, QPainter  # noqa: E402
 
+from dcp_desktop import models  # noqa: E402
+from dcp_desktop.eval import scenes  # noqa: E402
 from dcp_desktop.gui.models_dialog import ModelsDialog  # noqa: E402
 from dcp_desktop.gui.overlay import Overlay, paint_overlay  # noqa: E402
 from dcp_desktop.gui.settings import HOME_ENV, Settings  # noqa: E402
@@ -37,11 +41,26 @@ ANSWER_TIMEOUT_MS = 20_000
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    """A fresh data folder (history, images, settings.ini) and an empty Hugging Face cache."""
+    """A fresh data folder (history, images, settings.ini), an empty Hugging Face cache and no bundled
+    model (once the demo model ships, every window would load it), unless a test bundles one."""
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(models, "BUNDLED", {})
     return tmp_path / "home"
+
+
+def bundle(monkeypatch, llm: Path, mmproj: Path) -> models.BundledModel:
+    """Make `models.BUNDLED` hold one "demo" model with these files (absolute paths stay as they are)."""
+    demo = models.BundledModel("demo", str(llm), str(mmproj), "the tiny test model standing in for the demo")
+    monkeypatch.setattr(models, "BUNDLED", {demo.name: demo})
+    return demo
+
+
+@pytest.fixture
+def bundled_tiny(home, monkeypatch, tiny) -> models.BundledModel:
+    """The tiny pair as the bundled demo model (after `home`, which bundles nothing)."""
+    return bundle(monkeypatch, tiny.llm, tiny.mmproj)
 
 
 @pytest.fixture
@@ -272,6 +291,84 @@ def test_first_start_without_a_model_says_what_to_do(qtbot, make_window):
     assert window.store.chats() == []
 
 
+def test_picking_the_loaded_model_again_comes_back_ready(qtbot, window, tiny):
+    """The worker keeps the loaded files (no reload) and still tells the window they are ready."""
+    window.load_model(str(tiny.dir))
+    assert window.model_name is None  # "Loading…" until the worker answers
+    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    assert window.pages.currentWidget() is window.empty_state and window.empty_state.title.text() == "Ask about an image"
+
+
+def test_first_start_loads_the_bundled_model(qtbot, bundled_tiny, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    assert window.model_files == ("demo", None)
+    assert window.empty_state.title.text() == "Try the demo model"
+    assert "coloured shapes" in window.empty_state.body.text() and "Models…" in window.empty_state.body.text()
+    assert window.empty_state.sample_button.isVisibleTo(window)
+    assert "built in" in window.model_label.text()
+    assert window.settings.model == "demo"  # remembered like any pick
+
+
+def test_models_dialog_lists_the_bundled_model_and_use_loads_it(qtbot, bundled_tiny, make_window, tiny):
+    picked = Settings()
+    picked.model = str(tiny.dir)  # an explicit pick wins over the bundled model
+    picked.sync()
+    window = make_window()
+    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    assert window.model_files == (str(tiny.dir), None)
+    assert window.empty_state.title.text() == "Ask about an image"
+    assert not window.empty_state.sample_button.isVisibleTo(window)
+    window.show_models()
+    dialog = window.models_dialog
+    [row] = dialog.bundled_rows
+    size_mb = (Path(tiny.llm).stat().st_size + Path(tiny.mmproj).stat().st_size) / 1e6
+    assert row.state.text() == f"bundled, no download · {size_mb:.1f} MB on disk"
+    layout = dialog.layout()
+    assert layout.indexOf(row) < layout.indexOf(dialog.rows[0])  # above the catalog
+    row.use_button.click()
+    assert not dialog.isVisible()
+    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    assert window.settings.model == "demo"
+
+
+def test_sample_scene_attaches_an_image_and_suggests_a_question(qtbot, bundled_tiny, make_window):
+    window = make_window()
+    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    window.empty_state.sample_button.click()
+    [attachment] = window.attachments.values()
+    seed = int(re.fullmatch(r"scene (\d+)\.png", attachment.name).group(1))
+    assert seed < scenes.SPLIT_BASE["validation"]  # never a validation or test image
+    question = window.composer.input.toPlainText()
+    scene = scenes.make_scene(seed)
+    assert question in {q.question for q in scenes.questions_for(scene, np.random.default_rng(seed), 20)}
+    qtbot.waitUntil(lambda: attachment.prepared is not None)
+    assert (attachment.prepared.width, attachment.prepared.height) == (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+    assert window.answering is None and window.store.chats() == []  # suggested, not sent
+    window.empty_state.sample_button.click()  # another scene replaces the first
+    assert len(window.attachments) == 1 and attachment.key not in window.attachments
+    qtbot.waitUntil(lambda: all(a.prepared for a in window.attachments.values()))
+    qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    [message, _answer] = window.store.messages(window.chat_id)
+    assert message.text == window.chat_model.message(0).text and len(message.images) == 1
+
+
+def test_missing_bundled_files_say_so_without_a_crash(qtbot, home, monkeypatch, make_window, tmp_path):
+    bundle(monkeypatch, tmp_path / "gone.gguf", tmp_path / "mmproj-gone.gguf")
+    window = make_window()
+    assert window.model_files is None and window.model_name is None
+    assert window.pages.currentWidget() is window.empty_state
+    assert window.empty_state.title.text() == "Pick a model to start"
+    problem = window.empty_state.problem
+    assert problem.isVisibleTo(window) and "missing from this installation" in problem.text()
+    assert str(tmp_path / "gone.gguf") in problem.text() and "Models…" in problem.text()
+    assert window.empty_state.models_button.isVisibleTo(window)
+    window.show_models()
+    [row] = window.models_dialog.bundled_rows
+    assert "missing" in row.state.text() and not row.use_button.isEnabled()
+
+
 def test_regenerate_copy_paste_new_and_delete(qtbot, window):
     QGuiApplication.clipboard().setImage(QImage(str(SHAPES)))
     window.paste_image()
@@ -364,6 +461,87 @@ def test_store_survives_kill_9_mid_transaction(tmp_path):
                                                         ("assistant", "A red circle.")]
         assert messages[0].images[0].path.read_bytes() == b"image bytes"
         assert store.messages(second.id) == []  # the killed message was rolled back whole
+
+
+# The app in a child process (DCP_DESKTOP_HOME and QT_QPA_PLATFORM come from the test's environment):
+# one finished chat, then a long answer in a second chat, killed once it streams.
+KILLED_APP = textwrap.dedent("""
+    import json, sys, time
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+    from dcp_desktop.gui.settings import Settings
+    from dcp_desktop.gui.window import MainWindow
+
+    model, image, method = sys.argv[1:]
+    app = QApplication([])
+
+    def wait_until(done, seconds=120):
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                sys.exit("timed out")
+            app.processEvents()
+            time.sleep(0.005)
+
+    def send(question, max_tokens):
+        window.controls.max_tokens.setValue(max_tokens)
+        window.composer.input.setPlainText(question)
+        window.send()
+
+    settings = Settings()
+    settings.method, settings.n_keep, settings.n_threads = method, 16, 1
+    window = MainWindow(settings)
+    window.show()
+    window.load_model(model)
+    wait_until(lambda: window.model_name is not None)
+    window.attach([image])
+    wait_until(lambda: all(a.prepared for a in window.attachments.values()))
+    send("What is in the image?", 24)
+    wait_until(lambda: window.answering is None)
+    print(json.dumps(window.chat_model.message(1).text), flush=True)
+
+    window.new_chat()
+    # At a laptop's pace (see slow_down), so the answer is still streaming when the kill comes.
+    window.engine.worker.token.connect(lambda _piece: time.sleep(0.05), Qt.ConnectionType.DirectConnection)
+    send("Tell me a long story", 8192)
+    wait_until(lambda: window.answering is None or window.answering.text)
+    print("streaming" if window.answering else "the answer ended before the kill", flush=True)
+    wait_until(lambda: False)  # answering until killed
+""")
+
+
+def test_app_killed_mid_answer_keeps_history_and_starts_again(qtbot, home, make_window, tiny, image_path, tmp_path):
+    stderr_path = tmp_path / "app-stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        app = subprocess.Popen([sys.executable, "-c", KILLED_APP, str(tiny.dir), str(image_path), TEST_METHOD],
+                               stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=Path(__file__).parents[1],
+                               env={**os.environ, "QT_QPA_PLATFORM": "offscreen", HOME_ENV: str(home)})
+        try:
+            earlier_answer_line, marker = app.stdout.readline(), app.stdout.readline().strip()
+            assert marker == "streaming", stderr_path.read_text()[-2000:]
+            os.kill(app.pid, signal.SIGKILL)
+        finally:
+            app.kill()
+            app.wait()
+    earlier_answer = json.loads(earlier_answer_line)
+
+    with Store(home) as store:
+        assert store.db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        chats = {chat.title: chat.id for chat in store.chats()}
+        earlier = store.messages(chats["What is in the image?"])
+        assert [(m.role, m.text) for m in earlier] == [("user", "What is in the image?"), ("assistant", earlier_answer)]
+        assert earlier[0].images[0].path.read_bytes() == image_path.read_bytes()
+        assert earlier[1].stats["generated_tokens"] == 24
+        killed = store.messages(chats["Tell me a long story"])
+        assert [m.role for m in killed] == ["user"]  # the answer was still streaming: nothing of it stored
+
+    restarted = make_window()
+    titles = [restarted.chat_list.index(row).data() for row in range(restarted.chat_list.rowCount())]
+    assert sorted(titles) == ["Tell me a long story", "What is in the image?"]
+    qtbot.waitUntil(lambda: restarted.model_name is not None, timeout=ANSWER_TIMEOUT_MS)  # from settings.ini
+    restarted.open_chat(chats["What is in the image?"])
+    assert restarted.chat_model.message(1).text == earlier_answer
+    assert ask(qtbot, restarted, "And now?")["image_tokens"] == 16
 
 
 def test_the_gui_never_imports_llama_cpp():

@@ -1,4 +1,7 @@
-"""The model manager: catalog models (download with progress and cancel) and local GGUF files.
+"""The model manager: bundled models, catalog models (download with progress and cancel) and local
+GGUF files.
+
+A bundled model ships inside the package: Use loads it at once, with no download.
 
 A download runs `dcp-chat pull NAME` (models.pull) in a child process. huggingface_hub's download
 has no cancel hook and cannot be interrupted inside a thread, but a process can be ended: Cancel
@@ -77,6 +80,42 @@ class Download(QObject):
         return errors[-1] if errors else (lines[-1] if lines else "the download failed")
 
 
+def missing_files(model: models.BundledModel) -> list[Path]:
+    """The bundled model's files that are not on disk (a broken or partial install)."""
+    files = model.files
+    return [path for path in (files.llm, files.mmproj) if not path.is_file()]
+
+
+class BundledRow(QFrame):
+    """One bundled model: what it is, its size on disk, and Use."""
+
+    use_clicked = Signal(str)
+
+    def __init__(self, model: models.BundledModel, parent=None):
+        super().__init__(parent)
+        self.model = model
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        title = QLabel(f"<b>{model.name}</b> — {model.description}", self)
+        title.setWordWrap(True)
+        missing = missing_files(model)
+        self.state = QLabel(_bundled_state(model, missing), self)
+        self.use_button = QPushButton("Use", self, clicked=lambda: self.use_clicked.emit(model.name))
+        self.use_button.setEnabled(not missing)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.state, 1)
+        buttons.addWidget(self.use_button)
+        column = QVBoxLayout(self)
+        column.addWidget(title)
+        column.addLayout(buttons)
+
+
+def _bundled_state(model: models.BundledModel, missing: list[Path]) -> str:
+    if missing:
+        return "bundled, but missing from this installation: reinstall dcp-desktop"
+    size = sum(path.stat().st_size for path in (model.files.llm, model.files.mmproj))
+    return f"bundled, no download · {size / 1e6:.1f} MB on disk"
+
+
 class CatalogRow(QFrame):
     """One catalog model: what it is, its state, Download/Cancel and Use."""
 
@@ -145,7 +184,7 @@ class CatalogRow(QFrame):
 
 
 class ModelsDialog(QDialog):
-    """Catalog models and local files. Emits `model_chosen(model, mmproj or None)`."""
+    """Bundled models, catalog models and local files. Emits `model_chosen(model, mmproj or None)`."""
 
     model_chosen = Signal(str, object)
 
@@ -159,8 +198,9 @@ class ModelsDialog(QDialog):
         intro.setWordWrap(True)
         self.current_label = QLabel(self)
         self.set_current(current)
+        self.bundled_rows = [BundledRow(model, self) for model in models.BUNDLED.values()]
         self.rows = [CatalogRow(status, self) for status in models.list_models()]
-        for row in self.rows:
+        for row in (*self.bundled_rows, *self.rows):
             row.use_clicked.connect(lambda name: self._choose(name, None))
         local = QHBoxLayout()
         local.addWidget(QPushButton("Open GGUF files…", self, clicked=self._pick_files))
@@ -170,7 +210,7 @@ class ModelsDialog(QDialog):
         column = QVBoxLayout(self)
         column.addWidget(intro)
         column.addWidget(self.current_label)
-        for row in self.rows:
+        for row in (*self.bundled_rows, *self.rows):
             column.addWidget(row)
         column.addWidget(QLabel("Or use files you already have (an LLM .gguf and its mmproj .gguf):", self))
         column.addLayout(local)

@@ -6,27 +6,37 @@ tokens and errors come back as signals. Every error becomes a notice in the conv
 
 Asking again in a chat reopened from the sidebar re-sends all of its images with the question
 (the model's memory of a chat does not survive a restart); earlier answers stay on screen only.
+
+On a first start (no model picked yet) the window loads the model bundled with the package, so the app
+works with no download; that model knows only the synthetic shapes of dcp_desktop.eval.scenes, and the
+empty chat offers a sample scene to ask about. If the install lost its files, the empty chat says so
+under "Pick a model to start" (a notice would replace that page).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
+import random
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QCoreApplication, QEvent, Qt
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QListView, QMainWindow, QMenu, QMessageBox,
                                QPushButton, QSplitter, QStackedWidget, QVBoxLayout, QWidget)
 
+from .. import models
 from ..engine import GenerationParams
+from ..eval import scenes
 from ..pipeline import PipelineOptions
 from .chat_model import CHAT_ID_ROLE, ChatListModel, ChatModel, ImageRef, Message
 from .chat_view import ChatView
 from .composer import Attachment, Composer, display_name, sources_from_mime
 from .controls import ChatControls
-from .models_dialog import ModelsDialog
+from .models_dialog import ModelsDialog, missing_files
 from .settings import Settings, data_dir
 from .settings_dialog import SettingsDialog
 from .store import StoredImage, StoredMessage, Store
@@ -46,7 +56,8 @@ class _Answering:
 
 
 class EmptyState(QWidget):
-    """What an empty chat shows: how to start, or that a model is needed first."""
+    """What an empty chat shows: how to start, or that a model is needed first (and why, if the
+    bundled model could not be used)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -56,10 +67,15 @@ class EmptyState(QWidget):
         self.body.setWordWrap(True)
         self.body.setFixedWidth(520)  # a fixed width lets the wrapped text take the height it needs
         self.body.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+        self.problem = QLabel(self)
+        self.problem.setWordWrap(True)
+        self.problem.setFixedWidth(520)
+        self.problem.setStyleSheet("color: #d03030;")
+        self.sample_button = QPushButton("Try a sample scene", self)
         self.models_button = QPushButton("Choose a model…", self)
         column = QVBoxLayout(self)
         column.addStretch(1)
-        for widget in (self.title, self.body, self.models_button):
+        for widget in (self.title, self.body, self.problem, self.sample_button, self.models_button):
             row = QHBoxLayout()  # centred by stretches: an aligned item would ignore the wrapped height
             row.addStretch(1)
             row.addWidget(widget)
@@ -67,8 +83,8 @@ class EmptyState(QWidget):
             column.addLayout(row)
         column.addStretch(2)
 
-    def show_state(self, model_state: str) -> None:
-        """model_state: "none", "loading" or "ready"."""
+    def show_state(self, model_state: str, problem: str | None = None) -> None:
+        """model_state: "none", "loading", "ready" or "demo" (the bundled model is ready)."""
         texts = {
             "none": ("Pick a model to start",
                      "dcp-desktop answers questions about your photos, screenshots and documents on this "
@@ -79,11 +95,19 @@ class EmptyState(QWidget):
                       "Drop an image here, paste one (Ctrl+V) or open one (Ctrl+O), then type a question. "
                       "Each image costs the model 16 tokens instead of 576: “What the model sees” under an "
                       "image shows which parts it kept."),
+            "demo": ("Try the demo model",
+                     "The built-in demo model is tiny: it knows only coloured shapes (circles, squares, "
+                     "triangles, stars, hexagons and crosses in eight colours) on textured backgrounds, "
+                     "and nothing about photos. Try a sample scene and ask about it. For your own photos, "
+                     "screenshots and documents, choose a LLaVA model in Models…"),
         }
         title, body = texts[model_state]
         self.title.setText(title)
         self.body.setText(body)
-        self.models_button.setVisible(model_state == "none")
+        self.problem.setText(problem or "")
+        self.problem.setVisible(bool(problem))
+        self.sample_button.setVisible(model_state == "demo")
+        self.models_button.setVisible(model_state in ("none", "demo"))
 
 
 class MainWindow(QMainWindow):
@@ -98,6 +122,7 @@ class MainWindow(QMainWindow):
         self.chat_id: int | None = None
         self.model_files: tuple[str, str | None] | None = None  # what the engine was asked to load
         self.model_name: str | None = None  # set once it has loaded
+        self.start_problem: str | None = None  # why the bundled model was not loaded on a first start
         self.attachments: dict[str, Attachment] = {}
         self.answering: _Answering | None = None
         self.models_dialog: ModelsDialog | None = None
@@ -108,8 +133,7 @@ class MainWindow(QMainWindow):
         self._restore_geometry()
         self.refresh_chat_list()
         self._update_page()
-        if self.settings.model:
-            self.load_model(self.settings.model, self.settings.mmproj)
+        self._load_first_model()
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -139,6 +163,7 @@ class MainWindow(QMainWindow):
         self.chat_view.regenerate_requested.connect(self.regenerate)
         self.empty_state = EmptyState(self)
         self.empty_state.models_button.clicked.connect(self.show_models)
+        self.empty_state.sample_button.clicked.connect(self.try_sample_scene)
         self.pages = QStackedWidget(self)
         self.pages.addWidget(self.empty_state)
         self.pages.addWidget(self.chat_view)
@@ -214,23 +239,45 @@ class MainWindow(QMainWindow):
 
     def _update_page(self) -> None:
         self.pages.setCurrentWidget(self.chat_view if self.chat_model.rowCount() else self.empty_state)
-        self.empty_state.show_state(self._model_state())
+        self.empty_state.show_state(self._model_state(), self.start_problem)
 
     def _model_state(self) -> str:
-        return "ready" if self.model_name else ("loading" if self.model_files else "none")
+        if self.model_name:
+            return "demo" if self.model_files[0] in models.BUNDLED else "ready"
+        return "loading" if self.model_files else "none"
 
     def _show_model_state(self) -> None:
         state = self._model_state()
         text = {"ready": f"Model: <b>{self.model_name}</b>",
+                "demo": f"Model: <b>{self.model_name}</b> (built in; coloured shapes only)",
                 "loading": f"Loading {self.model_files[0] if self.model_files else ''} …",
                 "none": "No model yet: choose one in <b>Models…</b>"}[state]
         self.model_label.setText(text)
 
     # --- model ---------------------------------------------------------------------------------
 
+    def _load_first_model(self) -> None:
+        """The model picked last; on a first start the bundled one, which needs no download."""
+        if self.settings.model:
+            self.load_model(self.settings.model, self.settings.mmproj)
+            return
+        bundled = next(iter(models.BUNDLED.values()), None)
+        if bundled is None:
+            return
+        missing = missing_files(bundled)
+        if missing:  # a broken install: say so where the user looks, and offer Models…
+            self.start_problem = (f"The built-in {bundled.name} model is missing from this installation "
+                                  f"({', '.join(map(str, missing))} not found): reinstall dcp-desktop, "
+                                  "or choose a model in Models…")
+            self.statusBar().showMessage(self.start_problem, 10000)
+            self._update_page()
+            return
+        self.load_model(bundled.name)
+
     def load_model(self, model: str, mmproj: str | None = None) -> None:
         """Ask the worker for this model; the pick is remembered once it has loaded."""
         self.model_files, self.model_name = (model, mmproj), None
+        self.start_problem = None
         self._show_model_state()
         self._update_page()
         self.engine.configure(self._model_request())
@@ -319,10 +366,27 @@ class MainWindow(QMainWindow):
     def attach(self, sources: list) -> None:
         """Attach images (file paths or encoded bytes) to the next question."""
         for source in sources:
-            attachment = Attachment(f"image-{next(self._keys)}", display_name(source))
-            self.attachments[attachment.key] = attachment
-            self.composer.add_attachment(attachment)
-            self.engine.prepare_image(attachment.key, source)
+            self._attach_as(source, display_name(source))
+
+    def _attach_as(self, source: str | bytes, name: str) -> None:
+        attachment = Attachment(f"image-{next(self._keys)}", name)
+        self.attachments[attachment.key] = attachment
+        self.composer.add_attachment(attachment)
+        self.engine.prepare_image(attachment.key, source)
+
+    def try_sample_scene(self) -> None:
+        """Attach a fresh synthetic scene, the kind of image the demo model knows, and put one of its
+        questions in the composer for the user to send (or edit)."""
+        seed = random.randrange(scenes.SET_STRIDE)  # the train range: never a validation or test image
+        image, scene = scenes.render_scene(seed)
+        question = scenes.questions_for(scene, np.random.default_rng(seed), 1)[0]
+        for key in list(self.attachments):  # the question is about this scene alone
+            self.remove_attachment(key)
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        self._attach_as(png.getvalue(), f"scene {seed}.png")
+        self.composer.input.setPlainText(question.question)
+        self.composer.input.setFocus()
 
     def open_images(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(self, "Attach images", "", IMAGE_FILTER)

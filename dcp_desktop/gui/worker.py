@@ -133,6 +133,8 @@ class EngineWorker(QObject):
         self._wanted = request
         if reload_now:
             self._load()
+        else:  # the same files: the window waits to hear that they are ready
+            self.model_loaded.emit(request, self._pipe.info.name)
 
     def _load(self) -> bool:
         self.close()

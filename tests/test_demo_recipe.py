@@ -50,9 +50,11 @@ def test_shared_prefix_forward_equals_one_sequence_per_question(parts):
     vocab, _, batch, prefix = parts
     model = train.build_model(MICRO, len(vocab.tokens)).eval()
     with torch.no_grad():
-        ours = train.answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)  # (n, T, vocab)
+        _, image_rows = train.see(model, batch.pixels)
+        ours = train.answer_logits(model, image_rows, prefix, batch.rows, batch.image_of)  # (n, T, vocab)
         images = torch.stack(model.model.get_image_features(
             pixel_values=batch.pixels, vision_feature_layer=-2, vision_feature_select_strategy="default").pooler_output)
+        torch.testing.assert_close(image_rows, images)  # see() reads the features LLaVA reads
         embed = model.model.language_model.get_input_embeddings()
         for row, image in enumerate(batch.image_of.tolist()):
             sequence = torch.cat([embed(prefix), images[image], embed(batch.rows[row])]).unsqueeze(0)
@@ -64,7 +66,7 @@ def test_steps_on_a_repeated_batch_lower_the_loss(parts):
     vocab, _, batch, prefix = parts
     model = train.build_model(MICRO, len(vocab.tokens))
     optimizer, scheduler = train.make_optimizer(model, MICRO)
-    losses = [train.train_step(model, optimizer, scheduler, prefix, batch, MICRO) for _ in range(6)]
+    losses = [sum(train.train_step(model, optimizer, scheduler, prefix, batch, MICRO)) for _ in range(6)]
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.85 * losses[0], losses
 

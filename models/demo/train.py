@@ -46,7 +46,7 @@ from dcp_desktop.export import Vocab, export_llava, spm_vocab
 from dcp_desktop.image import preprocess
 
 NAME = "dcp-demo"  # the exported pair: NAME.gguf and mmproj-NAME.gguf
-HEAD_DIM = 64  # both towers, as in CLIP ViT-L and LLaMA
+VISION_HEAD_DIM = 64  # as in CLIP ViT-L
 IGNORE = -100  # cross_entropy's ignore_index: positions without a loss
 
 
@@ -58,14 +58,17 @@ class Config:
     vision_layers: int = 6  # LLaVA reads the second-to-last layer: the export stores 5 blocks
     llm_width: int = 128
     llm_layers: int = 3
+    llm_head_dim: int = 32  # 4 heads at width 128: more heads find the asked-about object sooner (README)
     images_per_step: int = 8
     questions_per_image: int = 8  # one ViT pass and one prefix pass serve all of them
-    steps: int = 8000
-    lr: float = 1e-3
-    warmup_steps: int = 300
+    steps: int = 4000
+    lr: float = 1.5e-3
+    warmup_steps: int = 200
     min_lr_ratio: float = 0.05  # the cosine ends at lr * this
     weight_decay: float = 0.05
     small_weight: float = 2.0  # loss weight of "small" questions (see README: why)
+    patch_weight: float = 1.0  # loss weight of the patch labels, the vision tower's own task (README: why)
+    hint_weight: float = 0.5  # loss weight of answering from every question position (README: why)
     bf16: bool = True  # autocast; master weights and the optimizer stay float32
     log_every: int = 20
     eval_every: int = 500
@@ -160,28 +163,40 @@ def build_model(cfg: Config, vocab_size: int) -> transformers.LlavaForConditiona
     torch.manual_seed(cfg.seed)
     vision = transformers.CLIPVisionConfig(
         hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
-        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_width // HEAD_DIM,
+        num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_width // VISION_HEAD_DIM,
         image_size=scenes.IMAGE_SIZE, patch_size=14, projection_dim=cfg.vision_width, hidden_act="quick_gelu",
         layer_norm_eps=1e-5)
     text = transformers.LlamaConfig(
         vocab_size=vocab_size, hidden_size=cfg.llm_width, intermediate_size=64 * round(cfg.llm_width * 8 / 3 / 64),
-        num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_width // HEAD_DIM,
-        num_key_value_heads=cfg.llm_width // HEAD_DIM, max_position_embeddings=2048, rms_norm_eps=1e-6)
+        num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_width // cfg.llm_head_dim,
+        num_key_value_heads=cfg.llm_width // cfg.llm_head_dim, max_position_embeddings=2048, rms_norm_eps=1e-6)
     config = transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    return transformers.LlavaForConditionalGeneration(config)
+    model = transformers.LlavaForConditionalGeneration(config)
+    # Training only (the exporter reads neither): patch features → shape, colour and centre logits.
+    model.patch_probe = torch.nn.Linear(cfg.vision_width, sum(PATCH_CLASSES))
+    return model
 
 
-def answer_logits(model, pixels: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor,
+PATCH_CLASSES = (len(scenes.SHAPES) + 1, len(scenes.COLOURS) + 1, 2)  # the columns of scenes.patch_labels
+
+
+def see(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixels (B, 3, 336, 336) → the ViT features LLaVA reads (second-to-last layer, CLS dropped),
+    (B, 576, vision_width), and the image rows they project to, (B, 576, llm_width)."""
+    patches = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    return patches, model.model.multi_modal_projector(patches)
+
+
+def answer_logits(model, image_rows: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor,
                   image_of: torch.Tensor) -> torch.Tensor:
     """Logits over every row position, (n, T, vocab).
 
-    pixels (B, 3, 336, 336); prefix (P,) ids shared by all; rows (n, T) question + answer ids, padded on
-    the right (causal attention: real tokens never see the padding); image_of (n,) the image of each row.
+    image_rows (B, 576, llm_width); prefix (P,) ids shared by all; rows (n, T) question + answer ids,
+    padded on the right (causal attention: real tokens never see the padding); image_of (n,) the image of
+    each row.
     """
-    image_rows = torch.stack(model.model.get_image_features(
-        pixel_values=pixels, vision_feature_layer=-2, vision_feature_select_strategy="default").pooler_output)
     lm, embed = model.model.language_model, model.model.language_model.get_input_embeddings()
     head = embed(prefix).unsqueeze(0).expand(len(image_rows), -1, -1)  # (B, P, n_embd)
     cache = DynamicCache(config=model.config.text_config)
@@ -196,8 +211,10 @@ def answer_logits(model, pixels: torch.Tensor, prefix: torch.Tensor, rows: torch
 @dataclass
 class Batch:
     pixels: torch.Tensor  # (B, 3, 336, 336) normalised
+    patch_labels: torch.Tensor  # (B, 576, 3) scenes.patch_labels, row-major patches
     rows: torch.Tensor  # (n, T) question + answer ids, right-padded with </s>
     targets: torch.Tensor  # (n, T) the next answer token (or </s>) where the loss applies, else IGNORE
+    hints: torch.Tensor  # (n, T) the first answer token at the question's positions before the last, else IGNORE
     image_of: torch.Tensor  # (n,) which image each row asks about
     weights: torch.Tensor  # (n,) loss weight per question
     answer_at: torch.Tensor  # (n,) the position whose logits give the first answer token
@@ -219,10 +236,13 @@ def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weig
     width = max(len(q) + len(a) - 1 for q, a in zip(questions, answers))  # the final </s> is only a target
     rows = torch.full((len(asked), width), tokenizer.eos)
     targets = torch.full((len(asked), width), IGNORE)
+    hints = torch.full((len(asked), width), IGNORE)
     for r, (q, a) in enumerate(zip(questions, answers)):
         rows[r, :len(q) + len(a) - 1] = torch.tensor(q + a[:-1])
         targets[r, len(q) - 1:len(q) + len(a) - 1] = torch.tensor(a)  # position t predicts token t + 1
-    return Batch(pixels=torch.from_numpy(pixels), rows=rows, targets=targets,
+        hints[r, :len(q) - 1] = a[0]
+    labels = np.stack([scenes.patch_labels(scenes.make_scene(g[0].image_seed)).reshape(-1, 3) for g in groups])
+    return Batch(pixels=torch.from_numpy(pixels), patch_labels=torch.from_numpy(labels), rows=rows, targets=targets, hints=hints,
                  image_of=torch.tensor([i for i, _ in asked]),
                  weights=torch.tensor([small_weight if item.type == "small" else 1.0 for _, item in asked]),
                  answer_at=torch.tensor([len(q) - 1 for q in questions]), types=[item.type for _, item in asked])
@@ -252,12 +272,19 @@ def validation_batches(cfg: Config, tokenizer: SpmTokenizer):
 
 # ---- training -----------------------------------------------------------------------------------------
 
-def weighted_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens, each question's tokens weighted by its weight."""
-    token_loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE,
-                                 reduction="none").view(batch.targets.shape)  # (n, T)
-    counted = (batch.targets != IGNORE).float() * batch.weights[:, None]
+def weighted_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the positions with a target (n, T), each question's weighted by weights (n,)."""
+    token_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                                 reduction="none").view(targets.shape)  # (n, T)
+    counted = (targets != IGNORE).float() * weights[:, None]
     return (token_loss * counted).sum() / counted.sum()
+
+
+def patch_loss(patch_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the probe's shape, colour and centre logits, (B, 576, sum(PATCH_CLASSES)), against
+    scenes.patch_labels (B, 576, 3), summed over the three columns."""
+    columns = patch_logits.float().split(PATCH_CLASSES, dim=-1)
+    return sum(F.cross_entropy(c.flatten(0, 1), labels[..., i].flatten()) for i, c in enumerate(columns))
 
 
 def autocast(cfg: Config, device: torch.device):
@@ -280,17 +307,24 @@ def make_optimizer(model, cfg: Config):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_step(model, optimizer, scheduler, prefix: torch.Tensor, batch: Batch, cfg: Config) -> float:
+def train_step(model, optimizer, scheduler, prefix: torch.Tensor, batch: Batch,
+               cfg: Config) -> tuple[float, float, float]:
+    """One optimiser step on the answers' loss + patch_weight × the patch labels' loss + hint_weight × the
+    hints' loss; returns the three."""
     model.train()
     with autocast(cfg, prefix.device):
-        logits = answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)
-    loss = weighted_loss(logits, batch)
+        patches, image_rows = see(model, batch.pixels)
+        logits = answer_logits(model, image_rows, prefix, batch.rows, batch.image_of)
+        patch_logits = model.patch_probe(patches)
+    answers = weighted_loss(logits, batch.targets, batch.weights)
+    hints = weighted_loss(logits, batch.hints, batch.weights)
+    labels = patch_loss(patch_logits, batch.patch_labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (answers + cfg.patch_weight * labels + cfg.hint_weight * hints).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return answers.item(), labels.item(), hints.item()
 
 
 @torch.no_grad()
@@ -302,7 +336,7 @@ def evaluate(model, prefix: torch.Tensor, batches, cfg: Config) -> dict:
     for batch in batches:
         batch = batch.to(prefix.device)
         with autocast(cfg, prefix.device):
-            logits = answer_logits(model, batch.pixels, prefix, batch.rows, batch.image_of)
+            logits = answer_logits(model, see(model, batch.pixels)[1], prefix, batch.rows, batch.image_of)
         rows = torch.arange(len(batch.rows), device=prefix.device)
         guess = logits[rows, batch.answer_at].argmax(-1)
         for kind, ok in zip(batch.types, (guess == batch.targets[rows, batch.answer_at]).tolist()):
@@ -376,9 +410,11 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
         if step % cfg.log_every == 0 or step == cfg.steps:
             seconds, clock = time.perf_counter() - clock, time.perf_counter()
             questions_per_s = len(losses) * len(batch.rows) / seconds
-            log(f"step {step}/{cfg.steps} loss {np.mean(losses):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                f"{questions_per_s:.1f} questions/s ({questions_per_s / cfg.questions_per_image:.1f} images/s)",
-                event="train", step=step, loss=float(np.mean(losses)), questions_per_s=questions_per_s)
+            answers, labels, hints = np.mean(losses, axis=0)
+            log(f"step {step}/{cfg.steps} loss {answers:.4f} patch loss {labels:.4f} hint loss {hints:.4f} "
+                f"lr {scheduler.get_last_lr()[0]:.2e} {questions_per_s:.1f} questions/s "
+                f"({questions_per_s / cfg.questions_per_image:.1f} images/s)", event="train", step=step,
+                loss=float(answers), patch_loss=float(labels), hint_loss=float(hints), questions_per_s=questions_per_s)
             losses = []
         if step % cfg.eval_every == 0 or step == cfg.steps:
             result = evaluate(model, prefix, validation_batches(cfg, tokenizer), cfg)

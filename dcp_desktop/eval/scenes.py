@@ -5,6 +5,7 @@
     patch_labels(scene)                       -> (24, 24, 3) what each 14-px patch shows (training labels)
     questions_for(scene, rng, n)              -> up to n distinct Questions, a balanced mix of TYPES
     make_split(name, n_images, questions_per_image=4, seed=None) -> list[Item]
+    questions_about(image_seed, n)            -> the questions one image is asked
     export(items, folder, name)               -> folder/name.jsonl + one PNG per image
     normalise_answer(text)                    -> the answer word in a model's output, for matching
     ANSWERS, WORDS, tokenize(text)            -> the closed answer set; the whole vocabulary
@@ -458,11 +459,13 @@ def image_seeds(name: str, n_images: int, seed: int | None = None) -> range:
 def make_split(name: str, n_images: int, questions_per_image: int = 4, seed: int | None = None) -> list[Item]:
     """`questions_per_image` questions for each of the split's images, image by image. Only layouts are
     computed here; pixels are rendered by `item.image()`."""
-    items: list[Item] = []
-    for image_seed in image_seeds(name, n_images, seed):
-        scene = make_scene(image_seed)
-        items += questions_for(scene, _stream(image_seed, _QUESTION_STREAM), questions_per_image)
-    return items
+    return [item for image_seed in image_seeds(name, n_images, seed)
+            for item in questions_about(image_seed, questions_per_image)]
+
+
+def questions_about(image_seed: int, n: int) -> list[Question]:
+    """The questions image `image_seed` is asked in any split: up to n, from its own question stream."""
+    return questions_for(make_scene(image_seed), _stream(image_seed, _QUESTION_STREAM), n)
 
 
 def export(items: Sequence[Item], folder: str | Path, name: str = "questions") -> Path:

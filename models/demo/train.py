@@ -15,7 +15,7 @@ pieces, export.spm_vocab).
 One step: B images through the ViT once → (B, 576, n_embd) image rows. The LLM runs the prefix every
 question of an image shares, `<s>SYSTEM USER: [576 image rows]`, once per image and keeps its KV cache;
 the Q questions per image then run as B·Q short rows on that cache, `\\n{question} ASSISTANT: {answer}`,
-with the loss on the answer and </s> only. Step s reads scenes.make_split("train", B, Q, seed=s): a fresh
+with the loss on the answer and </s> only. Step s reads curriculum_seeds(s) and Q questions each: a fresh
 set of images every step, so the data order is a function of the step alone and --resume is exact.
 """
 
@@ -61,7 +61,7 @@ class Config:
     llm_head_dim: int = 32  # 4 heads at width 128: more heads find the asked-about object sooner (README)
     images_per_step: int = 8
     questions_per_image: int = 8  # one ViT pass and one prefix pass serve all of them
-    steps: int = 4000
+    steps: int = 3000
     lr: float = 1.5e-3
     warmup_steps: int = 200
     min_lr_ratio: float = 0.05  # the cosine ends at lr * this
@@ -69,6 +69,7 @@ class Config:
     small_weight: float = 2.0  # loss weight of "small" questions (see README: why)
     patch_weight: float = 1.0  # loss weight of the patch labels, the vision tower's own task (README: why)
     hint_weight: float = 0.5  # loss weight of answering from every question position (README: why)
+    curriculum_steps: int = 900  # scenes hold at most 1, 2, ... 8 objects over these first steps (README)
     bf16: bool = True  # autocast; master weights and the optimizer stay float32
     log_every: int = 20
     eval_every: int = 500
@@ -248,8 +249,21 @@ def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weig
                  answer_at=torch.tensor([len(q) - 1 for q in questions]), types=[item.type for _, item in asked])
 
 
+def curriculum_seeds(step: int, cfg: Config) -> list[int]:
+    """Step s's training images: scenes.image_seeds("train", B, seed=s), except that during the curriculum
+    the scan over that set skips scenes with more than 1 + 7·s / curriculum_steps objects. One object first
+    makes "read the colour of the object patches" pay off at once; the model then learns to tell objects
+    apart as more share the image."""
+    first = scenes.image_seeds("train", 0, seed=step).start
+    if step >= cfg.curriculum_steps:
+        return list(range(first, first + cfg.images_per_step))
+    most = 1 + scenes.MAX_OBJECTS * step // cfg.curriculum_steps
+    fitting = (s for s in itertools.count(first) if len(scenes.make_scene(s).objects) <= most)
+    return list(itertools.islice(fitting, cfg.images_per_step))
+
+
 class TrainBatches(torch.utils.data.Dataset):
-    """Batch s = a fresh set of training scenes, scenes.make_split("train", B, Q, seed=s)."""
+    """Batch s = a fresh set of training scenes (curriculum_seeds), Q questions each."""
 
     def __init__(self, cfg: Config, tokenizer: SpmTokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -258,7 +272,8 @@ class TrainBatches(torch.utils.data.Dataset):
         return self.cfg.steps
 
     def __getitem__(self, step: int) -> Batch:
-        items = scenes.make_split("train", self.cfg.images_per_step, self.cfg.questions_per_image, seed=step)
+        items = [item for image_seed in curriculum_seeds(step, self.cfg)
+                 for item in scenes.questions_about(image_seed, self.cfg.questions_per_image)]
         return make_batch(items, self.tokenizer, self.cfg.small_weight)
 
 

@@ -1,7 +1,7 @@
 """Screenshot of dcp-desktop mid-conversation with "What the model sees" on, in a real X window.
 
     python packaging/screenshot.py [--out /tmp/dcp-desktop-screenshot.png] [--model DIR_OR_GGUF]
-                                   [--image tests/data/shapes.png] [--method NAME]
+                                   [--image tests/data/shapes.png] [--method NAME] [--question Q ...]
 
 Without DISPLAY it starts Xvfb (Debian: `apt-get install xvfb libxcb-cursor0`). Without --model it
 builds the small random test model (models/make_test_model.py; its answers are gibberish). The app
@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--model", help="a model folder, LLM .gguf or catalog name (default: the tiny test model)")
     parser.add_argument("--image", default=str(ROOT / "tests" / "data" / "shapes.png"))
     parser.add_argument("--method", help="pruning method (default: the app's)")
+    parser.add_argument("--question", action="append", default=None,
+                        help="a question to ask (repeatable; default: two generic ones)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="dcp-desktop-screenshot-"))
     os.environ["DCP_DESKTOP_HOME"] = str(scratch / "home")
@@ -96,7 +98,7 @@ def take(args, model: str) -> None:
         settings.method = args.method
     window = MainWindow(settings)
     window.show()
-    converse(app, window, Path(args.image), ["What is in the image?", "Which shape is on the left?"])
+    converse(app, window, Path(args.image), args.question or ["What is in the image?", "Which shape is on the left?"])
     tile = window.chat_view.bubbles[0].tiles[0]
     tile.toggle.setChecked(True)
     wait_until(app, lambda: tile.picture.overlay_shown)

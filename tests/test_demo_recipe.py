@@ -92,3 +92,23 @@ def test_checkpoint_resumes_exactly(parts, tmp_path):
     assert scheduler.get_last_lr() == resumed_scheduler.get_last_lr()
     with pytest.raises(SystemExit, match="llm_layers: checkpoint 1, asked 2"):
         train.load_checkpoint(path, *fresh(), dataclasses.replace(MICRO, llm_layers=2))
+
+
+def test_export_only_writes_an_f16_pair_that_both_runtimes_load(parts, tmp_path):
+    from dcp_desktop.engine import Engine, GenerationParams
+    from dcp_desktop.models import ModelFiles, validate
+    from dcp_desktop.mtmd_peer import MtmdEncoder
+    from dcp_desktop.pipeline import Pipeline, PipelineOptions
+
+    vocab, _, batch, _ = parts
+    model = train.build_model(MICRO, len(vocab.tokens))
+    train.save_checkpoint(tmp_path / "checkpoint.pt", model, *train.make_optimizer(model, MICRO), MICRO, step=3)
+    train.main(["--out", str(tmp_path), "--export-only"])
+    files = ModelFiles("micro", tmp_path / f"{train.NAME}.gguf", tmp_path / f"mmproj-{train.NAME}.gguf")
+    validate(files)
+    item = scenes.make_split("test", 1, 1)[0]
+    with Pipeline(files, PipelineOptions(n_threads=1)) as pipe:
+        answer = "".join(pipe.ask(item.question, [pipe.encode_image(item.image())], GenerationParams(max_tokens=4)))
+    assert isinstance(answer, str)
+    with Engine(str(files.llm), n_ctx=1024) as engine, MtmdEncoder(str(files.mmproj), engine.llm) as mtmd:
+        assert mtmd.encode(item.image()).shape[0] == 576

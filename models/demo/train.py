@@ -437,11 +437,26 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
                 + " ".join(f"{k} {v:.2f}" for k, v in result["by_type"].items()), event="eval", step=step, **result)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, step)
-    pair = export_llava(model.float().cpu(), vocab, out, name=NAME, dtype="f16")
-    check_tokenizer(tokenizer, pair[0], template_texts(scenes.make_split("test", 20)))
+    return export(model, out, log)
+
+
+def export(model, out: Path, log: Log) -> tuple[Path, Path]:
+    """The f16 GGUF pair in `out`, its vocabulary checked against llama.cpp once more."""
+    pair = export_llava(model.float().cpu(), demo_vocab(), out, name=NAME, dtype="f16")
+    check_tokenizer(SpmTokenizer(demo_vocab()), pair[0], template_texts(scenes.make_split("test", 20)))
     log(f"exported {pair[0]} ({pair[0].stat().st_size / 1e6:.1f} MB) and {pair[1]} "
         f"({pair[1].stat().st_size / 1e6:.1f} MB)", event="export", files=[str(p) for p in pair])
     return pair
+
+
+def export_checkpoint(out: Path) -> tuple[Path, Path]:
+    """Export out/checkpoint.pt as it is (e.g. a run stopped before its last step), with its own config."""
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = build_model(Config(**state["config"]), len(demo_vocab().tokens))
+    model.load_state_dict(state["model"])
+    log = Log(out / "log.jsonl")
+    log(f"exporting the checkpoint of step {state['step']}", event="export-checkpoint", step=state["step"])
+    return export(model, out, log)
 
 
 _ARG_TYPES = {"int": int, "float": float, "bool": lambda text: text.lower() in ("1", "true", "yes", "on")}
@@ -463,6 +478,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                         help="processes rendering scenes (default 4 on cuda, 0 on cpu: there they would take "
                              "cores from training)")
     parser.add_argument("--resume", action="store_true", help="go on from OUT/checkpoint.pt (same config)")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export OUT/checkpoint.pt to the GGUF pair without training (its own config)")
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
     return dataclasses.replace(PRESETS[args.preset], **overrides), args
@@ -472,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_args(argv)
     device = torch.device(args.device)
     workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+    if args.export_only:
+        export_checkpoint(args.out)
+        return
     train(cfg, args.out, device, resume=args.resume, workers=workers)
 
 

@@ -1,0 +1,65 @@
+"""The demo model bundled with the package (dcp_desktop/demo/, trained by models/demo/train.py): it
+validates, llama.cpp's own multimodal path loads it, its accuracy has not regressed, and the README's
+main-job command runs offline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_main
+from dcp_desktop import cli, models
+from dcp_desktop.engine import Engine
+from dcp_desktop.eval import harness, scenes
+from dcp_desktop.mtmd_peer import MtmdEncoder
+from dcp_desktop.pipeline import Pipeline, PipelineOptions
+
+DEMO = models.BUNDLED["demo"]
+# The README's example image: the first test image.
+README_SEED = scenes.image_seeds("test", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def demo() -> Pipeline:
+    with Pipeline(models.resolve("demo", None), PipelineOptions(n_threads=1)) as pipe:
+        yield pipe
+
+
+def test_bundled_pair_is_small_f16_llava():
+    info = models.validate(DEMO.files)
+    assert info.name == "demo"
+    assert sum(path.stat().st_size for path in (DEMO.files.llm, DEMO.files.mmproj)) < 20e6  # "tens of MB at most"
+    assert models.gguf_value(models.open_gguf(DEMO.files.mmproj, "demo"), "general.file_type") == 1  # f16
+
+
+def test_llama_cpp_multimodal_path_loads_it():
+    image = scenes.render_scene(README_SEED)[0]
+    with Engine(str(DEMO.files.llm), n_ctx=1024) as engine, MtmdEncoder(str(DEMO.files.mmproj), engine.llm) as mtmd:
+        rows = mtmd.encode(image)
+    assert rows.shape[0] == 576 and np.isfinite(rows).all()
+
+
+def test_accuracy_on_the_first_100_test_questions_has_not_regressed(demo):
+    """Floors a few points under what the shipped model measured on these 100 questions on 2026-11-21
+    (full 42%, dcp at 16 tokens 37%). The model is weak (44.4% on 500 test questions, target 90%:
+    models/demo/README.md); a better one only needs these raised."""
+    benchmark = harness.scenes_benchmark("test", 25)
+    report = harness.evaluate(demo, benchmark, [harness.Cell(harness.FULL, 576), harness.Cell("dcp", 16)])
+    full, dcp = report["results"]
+    assert full["accuracy"] >= 0.38, full
+    assert dcp["accuracy"] >= 0.33, dcp
+
+
+def test_readme_example_runs_offline_and_answers_with_a_colour(capsys, tmp_path):
+    """The README's main-job command. Its right answer is "orange"; the shipped model says "red"
+    (README), so this holds the command working and the answer well formed, not right."""
+    question = scenes.make_split("test", 1, 1)[0]
+    assert (question.question, question.answer) == ("What colour is the hexagon?", "orange")  # as the README says
+    image = tmp_path / "scene.png"
+    question.image().save(image)
+    code, out, err = run_main(cli.main, capsys, "--model", "demo", image, question.question, "--json",
+                              "--threads", 1)
+    assert code == 0, err
+    assert scenes.normalise_answer(json.loads(out)["answer"]) in scenes.COLOURS

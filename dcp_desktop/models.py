@@ -74,6 +74,10 @@ class BundledModel:
         package = Path(__file__).parent
         return ModelFiles(self.name, package / self.llm, package / self.mmproj)
 
+    def missing_files(self) -> list[Path]:
+        """Its files that are not on disk (a broken or partial install)."""
+        return [path for path in (self.files.llm, self.files.mmproj) if not path.is_file()]
+
 
 BUNDLED: dict[str, BundledModel] = {model.name: model for model in (
     BundledModel("demo", "demo/dcp-demo.gguf", "demo/mmproj-dcp-demo.gguf",

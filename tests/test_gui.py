@@ -340,8 +340,7 @@ def test_sample_scene_attaches_an_image_and_suggests_a_question(qtbot, bundled_t
     seed = int(re.fullmatch(r"scene (\d+)\.png", attachment.name).group(1))
     assert seed < scenes.SPLIT_BASE["validation"]  # never a validation or test image
     question = window.composer.input.toPlainText()
-    scene = scenes.make_scene(seed)
-    assert question in {q.question for q in scenes.questions_for(scene, np.random.default_rng(seed), 20)}
+    assert question in {q.question for q in scenes.questions_about(seed, 20)}
     qtbot.waitUntil(lambda: attachment.prepared is not None)
     assert (attachment.prepared.width, attachment.prepared.height) == (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
     assert window.answering is None and window.store.chats() == []  # suggested, not sent

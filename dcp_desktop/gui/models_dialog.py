@@ -80,12 +80,6 @@ class Download(QObject):
         return errors[-1] if errors else (lines[-1] if lines else "the download failed")
 
 
-def missing_files(model: models.BundledModel) -> list[Path]:
-    """The bundled model's files that are not on disk (a broken or partial install)."""
-    files = model.files
-    return [path for path in (files.llm, files.mmproj) if not path.is_file()]
-
-
 class BundledRow(QFrame):
     """One bundled model: what it is, its size on disk, and Use."""
 
@@ -97,7 +91,7 @@ class BundledRow(QFrame):
         self.setFrameShape(QFrame.Shape.StyledPanel)
         title = QLabel(f"<b>{model.name}</b> — {model.description}", self)
         title.setWordWrap(True)
-        missing = missing_files(model)
+        missing = model.missing_files()
         self.state = QLabel(_bundled_state(model, missing), self)
         self.use_button = QPushButton("Use", self, clicked=lambda: self.use_clicked.emit(model.name))
         self.use_button.setEnabled(not missing)

@@ -22,7 +22,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import QCoreApplication, QEvent, Qt
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QListView, QMainWindow, QMenu, QMessageBox,
@@ -36,7 +35,7 @@ from .chat_model import CHAT_ID_ROLE, ChatListModel, ChatModel, ImageRef, Messag
 from .chat_view import ChatView
 from .composer import Attachment, Composer, display_name, sources_from_mime
 from .controls import ChatControls
-from .models_dialog import ModelsDialog, missing_files
+from .models_dialog import ModelsDialog
 from .settings import Settings, data_dir
 from .settings_dialog import SettingsDialog
 from .store import StoredImage, StoredMessage, Store
@@ -264,7 +263,7 @@ class MainWindow(QMainWindow):
         bundled = next(iter(models.BUNDLED.values()), None)
         if bundled is None:
             return
-        missing = missing_files(bundled)
+        missing = bundled.missing_files()
         if missing:  # a broken install: say so where the user looks, and offer Models…
             self.start_problem = (f"The built-in {bundled.name} model is missing from this installation "
                                   f"({', '.join(map(str, missing))} not found): reinstall dcp-desktop, "
@@ -378,8 +377,8 @@ class MainWindow(QMainWindow):
         """Attach a fresh synthetic scene, the kind of image the demo model knows, and put one of its
         questions in the composer for the user to send (or edit)."""
         seed = random.randrange(scenes.SET_STRIDE)  # the train range: never a validation or test image
-        image, scene = scenes.render_scene(seed)
-        question = scenes.questions_for(scene, np.random.default_rng(seed), 1)[0]
+        image = scenes.render_scene(seed)[0]
+        question = scenes.questions_about(seed, 1)[0]
         for key in list(self.attachments):  # the question is about this scene alone
             self.remove_attachment(key)
         png = io.BytesIO()

@@ -442,8 +442,9 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
 
 def export(model, out: Path, log: Log) -> tuple[Path, Path]:
     """The f16 GGUF pair in `out`, its vocabulary checked against llama.cpp once more."""
-    pair = export_llava(model.float().cpu(), demo_vocab(), out, name=NAME, dtype="f16")
-    check_tokenizer(SpmTokenizer(demo_vocab()), pair[0], template_texts(scenes.make_split("test", 20)))
+    vocab = demo_vocab()
+    pair = export_llava(model.float().cpu(), vocab, out, name=NAME, dtype="f16")
+    check_tokenizer(SpmTokenizer(vocab), pair[0], template_texts(scenes.make_split("test", 20)))
     log(f"exported {pair[0]} ({pair[0].stat().st_size / 1e6:.1f} MB) and {pair[1]} "
         f"({pair[1].stat().st_size / 1e6:.1f} MB)", event="export", files=[str(p) for p in pair])
     return pair

@@ -26,7 +26,7 @@ def _load_recipe():
 
 
 train = _load_recipe()
-MICRO = dataclasses.replace(train.PRESETS["smoke"], vision_layers=2, llm_layers=1, lr=3e-3, warmup_steps=1,
+MICRO = dataclasses.replace(train.PRESETS["smoke"], vision_layers=2, llm_layers=1, ground_layer=0, lr=3e-3, warmup_steps=1,
                             steps=10, bf16=False)
 
 
@@ -112,3 +112,23 @@ def test_export_only_writes_an_f16_pair_that_both_runtimes_load(parts, tmp_path)
     assert isinstance(answer, str)
     with Engine(str(files.llm), n_ctx=1024) as engine, MtmdEncoder(str(files.mmproj), engine.llm) as mtmd:
         assert mtmd.encode(item.image()).shape[0] == 576
+
+
+def test_grounding_points_at_the_named_objects_from_their_words(parts):
+    """Each mention looks, from its own last word, at the patches of the objects it names; the last
+    question position looks at all of them; a question about nothing in the image gives no pairs."""
+    _, tokenizer, _, _ = parts
+    red_star = scenes.SceneObject("star", "red", 60, 60, 60, (30, 30, 90, 90), 1500)
+    blue_circle = scenes.SceneObject("circle", "blue", 250, 250, 40, (230, 230, 270, 270), 1250)
+    scene = scenes.Scene(seed=0, objects=(red_star, blue_circle))
+    labels = scenes.patch_labels(scene).reshape(-1, 3)
+    question = "Which is bigger, the red star or the blue circle?"
+    pairs = train.grounding(question, scene, labels, tokenizer)
+    ids = tokenizer.question(question)
+    assert [ids[position] for position, _ in pairs] == [tokenizer.ids["▁star"], tokenizer.ids["▁circle"], ids[-1]]
+    star, circle, both = (patches.reshape(scenes.GRID, scenes.GRID) for _, patches in pairs)
+    rows, cols = star.nonzero()
+    assert star.any() and rows.min() >= 30 // 14 and rows.max() <= 90 // 14 and cols.max() <= 90 // 14
+    assert star[60 // 14, 60 // 14] and circle[250 // 14, 250 // 14] and not (star & circle).any()
+    assert (both == (star | circle)).all()
+    assert train.grounding("Is there a green hexagon in the image?", scene, labels, tokenizer) == []

@@ -68,14 +68,19 @@ class Config:
     weight_decay: float = 0.05
     small_weight: float = 2.0  # loss weight of "small" questions (see README: why)
     patch_weight: float = 1.0  # loss weight of the patch labels, the vision tower's own task (README: why)
+    object_patch_weight: float = 2.0  # extra weight of the patches that show an object (README: why)
     hint_weight: float = 0.5  # loss weight of answering from every question position (README: why)
     curriculum_steps: int = 900  # scenes hold at most 1, 2, ... 8 objects over these first steps (README)
+    ground_weight: float = 1.0  # loss weight of looking at the asked-about objects (README: why)
+    ground_layer: int = 1  # the LLM layer whose first head learns where to look
     bf16: bool = True  # autocast; master weights and the optimizer stay float32
     log_every: int = 20
     eval_every: int = 500
     eval_images: int = 128  # validation images (× questions_per_image questions), the standard set
     checkpoint_every: int = 500
     seed: int = 0  # weight init; the data order depends on the step only
+    init_from: str = ""  # a checkpoint whose weights (not its optimiser) start this run (README: runs 7-8)
+    first_set: int = 0  # step s trains on the train split's image set first_set + s: fresh images after init_from
 
 
 PRESETS = {
@@ -175,6 +180,7 @@ def build_model(cfg: Config, vocab_size: int) -> transformers.LlavaForConditiona
         vision_config=vision, text_config=text, image_token_index=vocab_size - 1,
         vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
     model = transformers.LlavaForConditionalGeneration(config)
+    model.model.language_model.set_attn_implementation("eager")  # returns attention weights (grounding)
     # Training only (the exporter reads neither): patch features → shape, colour and centre logits.
     model.patch_probe = torch.nn.Linear(cfg.vision_width, sum(PATCH_CLASSES))
     return model
@@ -191,8 +197,9 @@ def see(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def answer_logits(model, image_rows: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor,
-                  image_of: torch.Tensor) -> torch.Tensor:
-    """Logits over every row position, (n, T, vocab).
+                  image_of: torch.Tensor, attention_layer: int | None = None):
+    """Logits over every row position, (n, T, vocab); with attention_layer, also that layer's attention
+    weights from the rows onto the image rows, (n, heads, T, 576).
 
     image_rows (B, 576, llm_width); prefix (P,) ids shared by all; rows (n, T) question + answer ids,
     padded on the right (causal attention: real tokens never see the padding); image_of (n,) the image of
@@ -203,8 +210,13 @@ def answer_logits(model, image_rows: torch.Tensor, prefix: torch.Tensor, rows: t
     cache = DynamicCache(config=model.config.text_config)
     lm(inputs_embeds=torch.cat([head, image_rows.to(head.dtype)], 1), past_key_values=cache, use_cache=True)
     cache.batch_select_indices(image_of)  # (B, ...) → (n, ...): each row continues its own image
-    hidden = lm(inputs_embeds=embed(rows), past_key_values=cache, use_cache=True).last_hidden_state
-    return model.lm_head(hidden)  # (n, T, vocab)
+    out = lm(inputs_embeds=embed(rows), past_key_values=cache, use_cache=True,
+             output_attentions=attention_layer is not None)
+    logits = model.lm_head(out.last_hidden_state)  # (n, T, vocab)
+    if attention_layer is None:
+        return logits
+    images = slice(len(prefix), len(prefix) + image_rows.shape[1])
+    return logits, out.attentions[attention_layer][..., images]
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -219,6 +231,8 @@ class Batch:
     image_of: torch.Tensor  # (n,) which image each row asks about
     weights: torch.Tensor  # (n,) loss weight per question
     answer_at: torch.Tensor  # (n,) the position whose logits give the first answer token
+    ground_at: torch.Tensor  # (m, 2) (row, position) pairs that should look at ...
+    ground_patches: torch.Tensor  # (m, 576) ... these patches (bool): the objects the question names
     types: list[str]
 
     def to(self, device: torch.device) -> Batch:
@@ -242,19 +256,67 @@ def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weig
         rows[r, :len(q) + len(a) - 1] = torch.tensor(q + a[:-1])
         targets[r, len(q) - 1:len(q) + len(a) - 1] = torch.tensor(a)  # position t predicts token t + 1
         hints[r, :len(q) - 1] = a[0]
-    labels = np.stack([scenes.patch_labels(scenes.make_scene(g[0].image_seed)).reshape(-1, 3) for g in groups])
+    layouts = [scenes.make_scene(g[0].image_seed) for g in groups]
+    labels = np.stack([scenes.patch_labels(layout).reshape(-1, 3) for layout in layouts])
+    ground = [(r, position, patches) for r, (i, item) in enumerate(asked)
+              for position, patches in grounding(item.question, layouts[i], labels[i], tokenizer)]
     return Batch(pixels=torch.from_numpy(pixels), patch_labels=torch.from_numpy(labels), rows=rows, targets=targets, hints=hints,
                  image_of=torch.tensor([i for i, _ in asked]),
                  weights=torch.tensor([small_weight if item.type == "small" else 1.0 for _, item in asked]),
-                 answer_at=torch.tensor([len(q) - 1 for q in questions]), types=[item.type for _, item in asked])
+                 answer_at=torch.tensor([len(q) - 1 for q in questions]),
+                 ground_at=torch.tensor([(r, position) for r, position, _ in ground], dtype=torch.long).view(-1, 2),
+                 ground_patches=torch.from_numpy(np.array([p for _, _, p in ground], dtype=bool).reshape(-1, scenes.GRID**2)),
+                 types=[item.type for _, item in asked])
+
+
+_SHAPE_WORDS = {**{s: s for s in scenes.SHAPES}, **{p: s for s, p in scenes.PLURALS.items()}}
+
+
+def grounding(question: str, scene: scenes.Scene, labels: np.ndarray,
+              tokenizer: SpmTokenizer) -> list[tuple[int, np.ndarray]]:
+    """Where the question's row should look: (position, patches (576,) bool) pairs. Each mention of
+    objects ("the red star", "the hexagon", "blue objects", "objects") looks, from its last word, at the
+    patches of the objects it names; the last question position looks at all of them. A mention that
+    names nothing in the image (the answer is "no" or "zero") gives no pair."""
+    text = "\n" + question
+    small = " small " in question
+    pairs, colour = [], None
+    for word in re.finditer(r"[A-Za-z]+", text):
+        if word.group() in scenes.COLOURS:
+            colour = word.group()
+        elif word.group() in _SHAPE_WORDS or word.group() in ("object", "objects"):
+            named = [o for o in scene.objects if colour in (None, o.colour)
+                     and _SHAPE_WORDS.get(word.group()) in (None, o.shape) and (o.is_small or not small)]
+            if named:
+                position = len(tokenizer.encode(text[:word.end()])) - 1
+                pairs.append((position, np.any([object_patches(o, labels) for o in named], axis=0)))
+            colour = None
+    if pairs:
+        pairs.append((len(tokenizer.question(question)) - 1, np.any([p for _, p in pairs], axis=0)))
+    return pairs
+
+
+def object_patches(obj: scenes.SceneObject, labels: np.ndarray) -> np.ndarray:
+    """(576,) bool: the patches inside obj's bounding box that patch_labels gives its shape and colour,
+    or the patch of its centre when none does (a tiny object)."""
+    grid = np.arange(scenes.GRID) * scenes.PATCH
+    x0, y0, x1, y1 = obj.bbox
+    inside_x = (grid + scenes.PATCH > x0) & (grid < x1)
+    inside_y = (grid + scenes.PATCH > y0) & (grid < y1)
+    shows = ((labels[:, 0] == scenes.SHAPES.index(obj.shape) + 1)
+             & (labels[:, 1] == list(scenes.COLOURS).index(obj.colour) + 1))
+    patches = (inside_y[:, None] & inside_x[None, :]).reshape(-1) & shows
+    if not patches.any():
+        patches[obj.y // scenes.PATCH * scenes.GRID + obj.x // scenes.PATCH] = True
+    return patches
 
 
 def curriculum_seeds(step: int, cfg: Config) -> list[int]:
-    """Step s's training images: scenes.image_seeds("train", B, seed=s), except that during the curriculum
-    the scan over that set skips scenes with more than 1 + 7·s / curriculum_steps objects. One object first
-    makes "read the colour of the object patches" pay off at once; the model then learns to tell objects
-    apart as more share the image."""
-    first = scenes.image_seeds("train", 0, seed=step).start
+    """Step s's training images: scenes.image_seeds("train", B, seed=first_set + s), except that during the
+    curriculum the scan over that set skips scenes with more than 1 + 8·s / curriculum_steps objects. One
+    object first makes "read the colour of the object patches" pay off at once; the model then learns to
+    tell objects apart as more share the image."""
+    first = scenes.image_seeds("train", 0, seed=cfg.first_set + step).start
     if step >= cfg.curriculum_steps:
         return list(range(first, first + cfg.images_per_step))
     most = 1 + scenes.MAX_OBJECTS * step // cfg.curriculum_steps
@@ -295,11 +357,30 @@ def weighted_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Te
     return (token_loss * counted).sum() / counted.sum()
 
 
-def patch_loss(patch_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def patch_loss(patch_logits: torch.Tensor, labels: torch.Tensor, object_weight: float) -> torch.Tensor:
     """Cross-entropy of the probe's shape, colour and centre logits, (B, 576, sum(PATCH_CLASSES)), against
-    scenes.patch_labels (B, 576, 3), summed over the three columns."""
+    scenes.patch_labels (B, 576, 3), summed over the three columns: the mean over all patches plus
+    object_weight × the mean over the patches that show an object. Most patches are background, and
+    without the second term telling them from objects is most of the loss, while shape, the hard part,
+    counts for little."""
     columns = patch_logits.float().split(PATCH_CLASSES, dim=-1)
-    return sum(F.cross_entropy(c.flatten(0, 1), labels[..., i].flatten()) for i, c in enumerate(columns))
+    shows_object = labels[..., 0].flatten() > 0
+    total = patch_logits.new_zeros((), dtype=torch.float32)
+    for i, column in enumerate(columns):
+        each = F.cross_entropy(column.flatten(0, 1), labels[..., i].flatten(), reduction="none")
+        total = total + each.mean()
+        if shows_object.any():
+            total = total + object_weight * each[shows_object].mean()
+    return total
+
+
+def ground_loss(attention: torch.Tensor, at: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """-log of the attention mass the first head puts on the named objects' patches, averaged over the
+    (row, position) pairs `at` (m, 2); attention (n, heads, T, 576), patches (m, 576) bool."""
+    if len(at) == 0:
+        return attention.new_zeros(())
+    looked = attention[at[:, 0], 0, at[:, 1]].float()  # (m, 576)
+    return -torch.log((looked * patches).sum(-1) + 1e-6).mean()
 
 
 def autocast(cfg: Config, device: torch.device):
@@ -323,23 +404,24 @@ def make_optimizer(model, cfg: Config):
 
 
 def train_step(model, optimizer, scheduler, prefix: torch.Tensor, batch: Batch,
-               cfg: Config) -> tuple[float, float, float]:
+               cfg: Config) -> tuple[float, float, float, float]:
     """One optimiser step on the answers' loss + patch_weight × the patch labels' loss + hint_weight × the
-    hints' loss; returns the three."""
+    hints' loss + ground_weight × the grounding loss; returns the four."""
     model.train()
     with autocast(cfg, prefix.device):
         patches, image_rows = see(model, batch.pixels)
-        logits = answer_logits(model, image_rows, prefix, batch.rows, batch.image_of)
+        logits, attention = answer_logits(model, image_rows, prefix, batch.rows, batch.image_of, cfg.ground_layer)
         patch_logits = model.patch_probe(patches)
     answers = weighted_loss(logits, batch.targets, batch.weights)
     hints = weighted_loss(logits, batch.hints, batch.weights)
-    labels = patch_loss(patch_logits, batch.patch_labels)
+    labels = patch_loss(patch_logits, batch.patch_labels, cfg.object_patch_weight)
+    ground = ground_loss(attention, batch.ground_at, batch.ground_patches)
     optimizer.zero_grad(set_to_none=True)
-    (answers + cfg.patch_weight * labels + cfg.hint_weight * hints).backward()
+    (answers + cfg.patch_weight * labels + cfg.hint_weight * hints + cfg.ground_weight * ground).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
-    return answers.item(), labels.item(), hints.item()
+    return answers.item(), labels.item(), hints.item(), ground.item()
 
 
 @torch.no_grad()
@@ -413,6 +495,8 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
     model.to(device)
     optimizer, scheduler = make_optimizer(model, cfg)
     checkpoint, log = out / "checkpoint.pt", Log(out / "log.jsonl")
+    if cfg.init_from and not resume:
+        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True)["model"])
     start = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg) if resume else 0
     prefix = torch.tensor(tokenizer.prefix(), device=device)
     log(f"config {dataclasses.asdict(cfg)}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
@@ -425,11 +509,13 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
         if step % cfg.log_every == 0 or step == cfg.steps:
             seconds, clock = time.perf_counter() - clock, time.perf_counter()
             questions_per_s = len(losses) * len(batch.rows) / seconds
-            answers, labels, hints = np.mean(losses, axis=0)
+            answers, labels, hints, ground = np.mean(losses, axis=0)
             log(f"step {step}/{cfg.steps} loss {answers:.4f} patch loss {labels:.4f} hint loss {hints:.4f} "
+                f"ground loss {ground:.4f} "
                 f"lr {scheduler.get_last_lr()[0]:.2e} {questions_per_s:.1f} questions/s "
                 f"({questions_per_s / cfg.questions_per_image:.1f} images/s)", event="train", step=step,
-                loss=float(answers), patch_loss=float(labels), hint_loss=float(hints), questions_per_s=questions_per_s)
+                loss=float(answers), patch_loss=float(labels), hint_loss=float(hints),
+                ground_loss=float(ground), questions_per_s=questions_per_s)
             losses = []
         if step % cfg.eval_every == 0 or step == cfg.steps:
             result = evaluate(model, prefix, validation_batches(cfg, tokenizer), cfg)
@@ -460,7 +546,7 @@ def export_checkpoint(out: Path) -> tuple[Path, Path]:
     return export(model, out, log)
 
 
-_ARG_TYPES = {"int": int, "float": float, "bool": lambda text: text.lower() in ("1", "true", "yes", "on")}
+_ARG_TYPES = {"int": int, "float": float, "str": str, "bool": lambda text: text.lower() in ("1", "true", "yes", "on")}
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:

@@ -371,14 +371,16 @@ double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
 
 using namespace dcp;
 
+// The DCP-Prune knobs were chosen on the validation split with the demo model
+// (python -m dcp_desktop.eval.calibrate; docs/results/calibration-validation.md).
 dcp_options dcp_options_default(void) {
     dcp_options o;
-    o.acgr_n_neighbors = 2;
-    o.acgr_spatial_weight = 0.5f;
+    o.acgr_n_neighbors = 4;
+    o.acgr_spatial_weight = 0.25f;
     o.acgr_spatial_sigma = 2.0f;
-    o.tau = 0.5f;
-    o.tatcs_text_weight = 0.5f;
-    o.tatcs_relevance_mix = 0.5f;
+    o.tau = 0.3f;
+    o.tatcs_text_weight = 1.0f;
+    o.tatcs_relevance_mix = 0.25f;
     o.visionzip_dominant_ratio = 54.0f / 64.0f;  // VisionZip's 54 dominant + 10 contextual of 64
     o.cdpruner_theta = 0.5f;
     return o;

@@ -24,14 +24,15 @@ import numpy as np
 
 _U64_MASK = (1 << 64) - 1
 
-# Must equal dcp_options_default() in native/prune.cpp (a test holds them equal).
+# Must equal dcp_options_default() in native/prune.cpp (a test holds them equal). The DCP-Prune knobs were
+# calibrated on the validation split (docs/results/calibration-validation.md).
 DEFAULT_OPTIONS = {
-    "acgr_n_neighbors": 2,
-    "acgr_spatial_weight": 0.5,
+    "acgr_n_neighbors": 4,
+    "acgr_spatial_weight": 0.25,
     "acgr_spatial_sigma": 2.0,
-    "tau": 0.5,
-    "tatcs_text_weight": 0.5,
-    "tatcs_relevance_mix": 0.5,
+    "tau": 0.3,
+    "tatcs_text_weight": 1.0,
+    "tatcs_relevance_mix": 0.25,
     "visionzip_dominant_ratio": 54.0 / 64.0,
     "cdpruner_theta": 0.5,
 }

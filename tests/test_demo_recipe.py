@@ -121,14 +121,14 @@ def test_grounding_points_at_the_named_objects_from_their_words(parts):
     red_star = scenes.SceneObject("star", "red", 60, 60, 60, (30, 30, 90, 90), 1500)
     blue_circle = scenes.SceneObject("circle", "blue", 250, 250, 40, (230, 230, 270, 270), 1250)
     scene = scenes.Scene(seed=0, objects=(red_star, blue_circle))
-    labels = scenes.patch_labels(scene).reshape(-1, 3)
+    owners = scenes.patch_owners(scene).reshape(-1)
     question = "Which is bigger, the red star or the blue circle?"
-    pairs = train.grounding(question, scene, labels, tokenizer)
     ids = tokenizer.question(question)
+    pairs = train.grounding(question, len(ids) - 1, scene, owners, tokenizer)
     assert [ids[position] for position, _ in pairs] == [tokenizer.ids["▁star"], tokenizer.ids["▁circle"], ids[-1]]
     star, circle, both = (patches.reshape(scenes.GRID, scenes.GRID) for _, patches in pairs)
     rows, cols = star.nonzero()
     assert star.any() and rows.min() >= 30 // 14 and rows.max() <= 90 // 14 and cols.max() <= 90 // 14
     assert star[60 // 14, 60 // 14] and circle[250 // 14, 250 // 14] and not (star & circle).any()
     assert (both == (star | circle)).all()
-    assert train.grounding("Is there a green hexagon in the image?", scene, labels, tokenizer) == []
+    assert train.grounding("Is there a green hexagon in the image?", 9, scene, owners, tokenizer) == []

@@ -228,16 +228,26 @@ def patch_labels(scene: Scene) -> np.ndarray:
     """Per 14-px patch: [shape index + 1, colour index + 1, 1 if an object's centre pixel is in it], (24, 24, 3)
     int64, 0 meaning background. A patch shows the object with the most visible pixels in it, if it has at
     least PATCH_COVER_PX; distractors count as background. The demo model's vision tower learns from these."""
+    return labels_of(scene, patch_owners(scene))
+
+
+def patch_owners(scene: Scene) -> np.ndarray:
+    """(24, 24) int: the object (1-based, in scene.objects' order) each patch shows, 0 for background: the
+    object with the most visible pixels in the patch, if it has at least PATCH_COVER_PX."""
     owner = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)  # which object (1-based) each pixel shows, drawn as rendered
     for number, obj in enumerate(scene.objects, 1):
         mask, _, _ = _shape_mask(obj.shape, obj.size)
         owner.paste(number, (obj.x - obj.size // 2, obj.y - obj.size // 2), mask)
     pixels = np.asarray(owner).reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID, GRID, -1)
     counts = (pixels[..., None] == np.arange(1, len(scene.objects) + 1)).sum(2)  # (24, 24, n_objects)
-    shown = np.where(counts.max(2, initial=0) >= PATCH_COVER_PX, counts.argmax(2) + 1, 0)  # (24, 24) 1-based
+    return np.where(counts.max(2, initial=0) >= PATCH_COVER_PX, counts.argmax(2) + 1, 0)
+
+
+def labels_of(scene: Scene, owners: np.ndarray) -> np.ndarray:
+    """patch_labels from patch_owners(scene), for a caller that needs both."""
     labels = np.zeros((GRID, GRID, 3), np.int64)
     for number, obj in enumerate(scene.objects, 1):
-        shows = shown == number
+        shows = owners == number
         labels[shows, 0] = SHAPES.index(obj.shape) + 1
         labels[shows, 1] = list(COLOURS).index(obj.colour) + 1
         labels[obj.y // PATCH, obj.x // PATCH, 2] = 1

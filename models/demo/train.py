@@ -257,9 +257,11 @@ def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weig
         targets[r, len(q) - 1:len(q) + len(a) - 1] = torch.tensor(a)  # position t predicts token t + 1
         hints[r, :len(q) - 1] = a[0]
     layouts = [scenes.make_scene(g[0].image_seed) for g in groups]
-    labels = np.stack([scenes.patch_labels(layout).reshape(-1, 3) for layout in layouts])
-    ground = [(r, position, patches) for r, (i, item) in enumerate(asked)
-              for position, patches in grounding(item.question, layouts[i], labels[i], tokenizer)]
+    owners = [scenes.patch_owners(layout) for layout in layouts]  # (24, 24) each
+    labels = np.stack([scenes.labels_of(layout, o).reshape(-1, 3) for layout, o in zip(layouts, owners)])
+    ground = [(r, position, patches) for r, ((i, item), q) in enumerate(zip(asked, questions))
+              for position, patches in grounding(item.question, len(q) - 1, layouts[i], owners[i].reshape(-1),
+                                                 tokenizer)]
     return Batch(pixels=torch.from_numpy(pixels), patch_labels=torch.from_numpy(labels), rows=rows, targets=targets, hints=hints,
                  image_of=torch.tensor([i for i, _ in asked]),
                  weights=torch.tensor([small_weight if item.type == "small" else 1.0 for _, item in asked]),
@@ -272,12 +274,13 @@ def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weig
 _SHAPE_WORDS = {**{s: s for s in scenes.SHAPES}, **{p: s for s, p in scenes.PLURALS.items()}}
 
 
-def grounding(question: str, scene: scenes.Scene, labels: np.ndarray,
+def grounding(question: str, answer_at: int, scene: scenes.Scene, owners: np.ndarray,
               tokenizer: SpmTokenizer) -> list[tuple[int, np.ndarray]]:
     """Where the question's row should look: (position, patches (576,) bool) pairs. Each mention of
     objects ("the red star", "the hexagon", "blue objects", "objects") looks, from its last word, at the
-    patches of the objects it names; the last question position looks at all of them. A mention that
-    names nothing in the image (the answer is "no" or "zero") gives no pair."""
+    patches of the objects it names; the last question position, answer_at, looks at all of them. A
+    mention that names nothing in the image (the answer is "no" or "zero") gives no pair. owners (576,)
+    is scenes.patch_owners, row-major."""
     text = "\n" + question
     small = " small " in question
     pairs, colour = [], None
@@ -285,28 +288,23 @@ def grounding(question: str, scene: scenes.Scene, labels: np.ndarray,
         if word.group() in scenes.COLOURS:
             colour = word.group()
         elif word.group() in _SHAPE_WORDS or word.group() in ("object", "objects"):
-            named = [o for o in scene.objects if colour in (None, o.colour)
+            named = [number for number, o in enumerate(scene.objects, 1) if colour in (None, o.colour)
                      and _SHAPE_WORDS.get(word.group()) in (None, o.shape) and (o.is_small or not small)]
             if named:
                 position = len(tokenizer.encode(text[:word.end()])) - 1
-                pairs.append((position, np.any([object_patches(o, labels) for o in named], axis=0)))
+                pairs.append((position, np.any([object_patches(n, scene, owners) for n in named], axis=0)))
             colour = None
     if pairs:
-        pairs.append((len(tokenizer.question(question)) - 1, np.any([p for _, p in pairs], axis=0)))
+        pairs.append((answer_at, np.any([p for _, p in pairs], axis=0)))
     return pairs
 
 
-def object_patches(obj: scenes.SceneObject, labels: np.ndarray) -> np.ndarray:
-    """(576,) bool: the patches inside obj's bounding box that patch_labels gives its shape and colour,
-    or the patch of its centre when none does (a tiny object)."""
-    grid = np.arange(scenes.GRID) * scenes.PATCH
-    x0, y0, x1, y1 = obj.bbox
-    inside_x = (grid + scenes.PATCH > x0) & (grid < x1)
-    inside_y = (grid + scenes.PATCH > y0) & (grid < y1)
-    shows = ((labels[:, 0] == scenes.SHAPES.index(obj.shape) + 1)
-             & (labels[:, 1] == list(scenes.COLOURS).index(obj.colour) + 1))
-    patches = (inside_y[:, None] & inside_x[None, :]).reshape(-1) & shows
+def object_patches(number: int, scene: scenes.Scene, owners: np.ndarray) -> np.ndarray:
+    """(576,) bool: the patches that show object `number` (1-based), or the patch of its centre when none
+    does (a tiny object)."""
+    patches = owners == number
     if not patches.any():
+        obj = scene.objects[number - 1]
         patches[obj.y // scenes.PATCH * scenes.GRID + obj.x // scenes.PATCH] = True
     return patches
 
@@ -496,6 +494,8 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
     optimizer, scheduler = make_optimizer(model, cfg)
     checkpoint, log = out / "checkpoint.pt", Log(out / "log.jsonl")
     if cfg.init_from and not resume:
+        if not Path(cfg.init_from).is_file():
+            raise SystemExit(f"--init-from: no checkpoint at {cfg.init_from}")
         model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True)["model"])
     start = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg) if resume else 0
     prefix = torch.tensor(tokenizer.prefix(), device=device)

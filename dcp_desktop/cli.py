@@ -17,7 +17,7 @@ import sys
 from . import models
 from .engine import GenerationParams
 from .errors import InputError, run_command
-from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, EncodedImage, Pipeline, PipelineOptions
+from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, POSITIONS, EncodedImage, Pipeline, PipelineOptions
 from .prune import DEFAULT_OPTIONS, METHODS
 from .vision import VISION_DTYPES
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x --tokens)")
     prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
+    add_positions_argument(prune)
     prune.add_argument("--seed", type=int, default=0, help="seed for sampling and the 'random' method")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-tokens", type=whole_number, default=256, help="answer length limit (default 256)")
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_positions_argument(group) -> None:
+    group.add_argument("--positions", default="grid", choices=POSITIONS,
+                       help="where the kept image tokens sit in the LLM's sequence: 'grid' (default) gives each "
+                            "the position its patch has in the full 576-token image, so the question sees the "
+                            "image's layout as the model was trained to; 'packed' puts them one after another")
+
+
 def parse_prune_options(pairs: list[str]) -> dict[str, float]:
     options = {}
     for pair in pairs:
@@ -97,7 +105,7 @@ def parse_prune_options(pairs: list[str]) -> dict[str, float]:
 def _options(args) -> PipelineOptions:
     return PipelineOptions(method=args.method, n_keep=args.tokens, acgr_layer=args.acgr_layer,
                            acgr_anchors=args.acgr_anchors, prune_options=parse_prune_options(args.prune_option),
-                           seed=args.seed, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                           seed=args.seed, positions=args.positions, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
                            device=args.device, vision_dtype=args.vision_dtype, verbose=args.verbose)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import Engine, GenerationParams
+from .engine import Engine, GenerationParams, ImageRows
 from .errors import InputError
 from .image import load_image, preprocess
 from .models import ModelFiles, ModelInfo, validate
@@ -30,6 +30,7 @@ from .vision import EncoderState, VisionTower, pick_dtype
 
 DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
+POSITIONS = ("grid", "packed")  # where kept image rows sit in the LLM's sequence (see engine.py)
 ANCHORS_PER_TOKEN = 4  # in-encoder ACGR keeps M = 4·K anchors by default (M > K, see DESIGN.md)
 
 
@@ -41,6 +42,7 @@ class PipelineOptions:
     acgr_anchors: int | None = None  # M tokens kept inside the encoder (None: 4·K)
     prune_options: dict = field(default_factory=dict)  # knobs of the methods (prune.DEFAULT_OPTIONS)
     seed: int = 0  # for the "random" method
+    positions: str = "grid"  # kept rows sit at their patches' RoPE positions; "packed": one after another
     n_ctx: int = 4096  # capped at the model's training context
     n_threads: int | None = None  # None: llama.cpp's and PyTorch's defaults
     n_gpu_layers: int = 0
@@ -76,6 +78,12 @@ class ImageTokens:
     # composed through in-encoder ACGR when it ran (see grid_assignment)
     grid_assignment: np.ndarray | None = None
 
+    def rows(self, positions: str = "grid") -> ImageRows:
+        """What the engine decodes: the K rows, at their patches' positions unless "packed"."""
+        if positions == "packed":
+            return ImageRows(self.embeddings)
+        return ImageRows(self.embeddings, self.selection.indices, self.n_full)
+
 
 @contextmanager
 def _timed(timings: dict[str, float], stage: str):
@@ -88,6 +96,8 @@ def check_budget(options: PipelineOptions, n_patches: int, n_blocks: int) -> tup
     """(K, ACGR layer or None, M) for these options; InputError for anything out of range."""
     if options.method not in METHODS:
         raise InputError(f"--method: unknown '{options.method}'; choose one of {', '.join(METHODS)}")
+    if options.positions not in POSITIONS:
+        raise InputError(f"--positions: unknown '{options.positions}'; choose one of {', '.join(POSITIONS)}")
     n_keep = n_patches if options.method == "full" else options.n_keep
     if not 1 <= n_keep <= n_patches:
         raise InputError(f"--tokens: expected 1..{n_patches} image tokens, got {n_keep}")
@@ -216,14 +226,15 @@ class Pipeline:
         turn = self.turn = {"prefill": 0.0, "first_token": None, "decode_tokens": 0, "decode": 0.0}
         start = time.perf_counter()
         with _timed(turn, "prefill"):
-            self.engine.add_user_turn(question, [image.embeddings for image in self.last_images])
+            self.engine.add_user_turn(question, [image.rows(self.options.positions) for image in self.last_images])
         n_before = self.engine.n_past
         for piece in self.engine.generate(params):
             if turn["first_token"] is None:
                 turn["first_token"] = (time.perf_counter() - start) * 1000.0
+            turn["decode_tokens"] = self.engine.n_past - n_before  # tokens sampled and decoded, also if stopped
             yield piece
+        turn["decode_tokens"] = self.engine.n_past - n_before
         turn["total"] = (time.perf_counter() - start) * 1000.0
-        turn["decode_tokens"] = self.engine.n_past - n_before  # tokens sampled and decoded
         if turn["first_token"] is not None:
             turn["decode"] = turn["total"] - turn["first_token"]
 

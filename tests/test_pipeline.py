@@ -1,9 +1,13 @@
-"""End to end on the tiny GGUF pair: pruning reaches the LLM as exactly K rows, the cache is reused
-across turns, and several images fit in one conversation. Counts come from llama.cpp's own KV
-cache (llama_memory_seq_pos_*), not from our bookkeeping."""
+"""End to end on the tiny GGUF pair: pruning reaches the LLM as exactly K rows, at their patches'
+positions, the cache is reused across turns, and several images fit in one conversation. Counts
+come from llama.cpp's own KV cache (llama_memory_seq_pos_*, llama_state_seq_get_size), not from
+our bookkeeping."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -29,6 +33,16 @@ def _turn_tokens(pipe, question: str, first_turn: bool) -> int:
     return head + sum(len(image.embeddings) for image in images) + tail
 
 
+def _spread(pipe) -> int:
+    """Positions the last turn's images span beyond their cells (576 - K each, at grid positions)."""
+    return sum(image.n_full - len(image.embeddings) for image in pipe.last_images)
+
+
+def _state_bytes(pipe) -> int:
+    """Sequence 0's saved state in llama.cpp: grows with the cells it holds, not with positions."""
+    return llama_cpp.llama_state_seq_get_size(pipe.engine.llm._ctx.ctx, 0)
+
+
 @pytest.mark.parametrize("method,n_keep,acgr_layer,expected_rows", [
     ("dcp", 16, None, 16), ("dcp", 16, 1, 16), ("fastervlm", 16, None, 16), ("pool", 16, None, 16),
     ("random", 8, None, 8), ("visionzip", 16, None, 16), ("divprune", 16, None, 16),
@@ -38,13 +52,21 @@ def test_llm_sees_exactly_k_image_rows(tiny, image_path, method, n_keep, acgr_la
     with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
         image = pipe.encode_image(image_path)
         assert len(image.features) == (576 if acgr_layer is None else 4 * n_keep)
-        before = pipe.engine.kv_positions()
-        answer = "".join(pipe.ask("What is in the image?", [image], SHORT))
-        assert isinstance(answer, str)
-        assert pipe.last_images[0].embeddings.shape == (expected_rows, pipe.engine.n_embd)
-        added = pipe.engine.kv_positions() - before
-        assert added == _turn_tokens(pipe, "What is in the image?", True) + pipe.turn["decode_tokens"]
-        assert pipe.engine.kv_positions() == pipe.engine.n_past  # Llama.n_tokens agrees with llama.cpp
+        sizes = {}
+        for positions in ("packed", "grid"):
+            pipe.configure(replace(options, positions=positions))
+            pipe.new_chat()
+            before = pipe.engine.kv_positions()
+            answer = "".join(pipe.ask("What is in the image?", [image], SHORT))
+            assert isinstance(answer, str)
+            assert pipe.last_images[0].embeddings.shape == (expected_rows, pipe.engine.n_embd)
+            cells = _turn_tokens(pipe, "What is in the image?", True) + pipe.turn["decode_tokens"]
+            spread = _spread(pipe) if positions == "grid" else 0
+            assert pipe.engine.kv_positions() - before == cells + spread
+            assert pipe.engine.n_past == pipe.engine.n_prefix + cells  # Llama.n_tokens counts cells
+            sizes[positions] = (_state_bytes(pipe), pipe.turn["decode_tokens"])
+        if sizes["grid"][1] == sizes["packed"][1]:  # same answer length: the same cells
+            assert sizes["grid"][0] == sizes["packed"][0]
 
 
 def test_in_encoder_acgr_keeps_masses_and_grid_positions(tiny, image_path):
@@ -88,6 +110,7 @@ def test_follow_up_reuses_the_cache(pipe, image_path):
     assert pipe.engine.kv_positions() == pipe.engine.n_prefix  # the system prompt stays cached
     image = pipe.encode_image(image_path)
     "".join(pipe.ask("What is in the image?", [image], SHORT))
+    assert pipe.engine.kv_positions() == pipe.engine.position  # llama.cpp agrees with our count
     after_first = pipe.engine.kv_positions()
     "".join(pipe.ask("how many?", [], SHORT))
     # Only the follow-up's text and answer were decoded: the image rows were not sent again.
@@ -105,7 +128,7 @@ def test_several_images_in_one_conversation(pipe, image_path, tmp_path):
     "".join(pipe.ask("compare them", images, SHORT))
     assert len(pipe.last_images) == 2
     assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, "compare them", True) \
-        + pipe.turn["decode_tokens"]
+        + _spread(pipe) + pipe.turn["decode_tokens"]
     "".join(pipe.ask("and the third?", [pipe.encode_image(image_path)], SHORT))  # an image mid-chat
 
 
@@ -125,7 +148,15 @@ def test_stopping_early_keeps_the_conversation_usable(pipe, image_path):
     next(stream, None)
     stream.close()  # what the GUI's Stop button does
     "".join(pipe.ask("and now?", [], SHORT))
-    assert pipe.engine.kv_positions() == pipe.engine.n_past
+    assert pipe.engine.kv_positions() == pipe.engine.position
+
+
+def test_an_image_whose_span_does_not_fit_is_packed(tiny, image_path):
+    """600 positions hold the prefix and 16 rows but not the 576 positions of the full image: the rows
+    are packed instead of refused."""
+    with Pipeline(resolve(str(tiny.dir), None), PipelineOptions(n_keep=16, n_ctx=600)) as pipe:
+        "".join(pipe.ask("What is in the image?", [pipe.encode_image(image_path)], SHORT))
+        assert pipe.engine.kv_positions() == pipe.engine.n_past == pipe.engine.position
 
 
 def test_full_context_is_a_clear_error(tiny, image_path):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 # Nothing here imports torch: the llama.cpp worker must not pay for it (its peak RSS). Our path's
 # modules (pipeline, vision) and bench.prune.machine are imported where they are used.
-from ..engine import IMAGE_TOKEN, SYSTEM, Engine, GenerationParams
+from ..engine import IMAGE_TOKEN, SYSTEM, Engine, GenerationParams, ImageRows
 from ..errors import InputError
 from ..image import load_image
 from ..models import ModelFiles, gguf_value, open_gguf, validate
@@ -172,7 +172,7 @@ def _first_token_and_decode(engine, start: float) -> tuple[float, float]:
     ttft_ms = _ms_since(start)
     decode_start = time.perf_counter()
     for _ in range(DECODE_TOKENS):
-        engine.llm.eval([token])
+        engine.decode_tokens([token])
         token = int(np.argmax(engine.next_token_logits()))
     return ttft_ms, DECODE_TOKENS / (time.perf_counter() - decode_start)
 
@@ -182,7 +182,7 @@ def _kv_state_bytes(engine, embeddings) -> int:
     are injected (their K and V, plus a few bytes of cell metadata per position)."""
     engine.new_chat()
     before = llama_cpp.llama_state_seq_get_size(engine.llm._ctx.ctx, 0)
-    engine.inject(embeddings)
+    engine.inject(ImageRows(embeddings))
     return llama_cpp.llama_state_seq_get_size(engine.llm._ctx.ctx, 0) - before
 
 
@@ -211,7 +211,7 @@ class _Ours:
         start = time.perf_counter()
         tokens = pipeline.prepare(pipeline.encode_image(self.image), QUESTION)
         prefill_start = time.perf_counter()
-        self.engine.add_user_turn(QUESTION, [tokens.embeddings])
+        self.engine.add_user_turn(QUESTION, [tokens.rows(pipeline.options.positions)])
         prefill_ms = _ms_since(prefill_start)
         ttft_ms, decode_tps = _first_token_and_decode(self.engine, start)
         self.last_embeddings = tokens.embeddings
@@ -259,7 +259,7 @@ class _MtmdTurn(MtmdEncoder):
                 n_past = self._eval_chunk(mtmd.mtmd_input_chunks_get(chunks, i), n_past, i == n_chunks - 1, timings)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
-        self.engine.llm.n_tokens = n_past
+        self.engine.llm.n_tokens = self.engine.position = n_past  # mtmd decodes packed: cells = positions
         return timings
 
     def _tokenize(self, chunks, prompt: str) -> None:

@@ -18,7 +18,7 @@ import sys
 from tqdm import tqdm
 
 from .. import models
-from ..cli import parse_prune_options, whole_number  # dcp-chat's parsers: one definition of each
+from ..cli import add_positions_argument, parse_prune_options, whole_number  # dcp-chat's: one definition of each
 from ..engine import GenerationParams
 from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prune inside the vision encoder after block L (default off)")
     prune.add_argument("--acgr-anchors", type=whole_number, default=None, metavar="M",
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x budget)")
+    add_positions_argument(prune)
     prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable)")
     run = parser.add_argument_group("hardware")
@@ -111,7 +112,7 @@ def run(argv: list[str]) -> dict:
     if args.plot:
         harness.pyplot()  # a missing matplotlib fails now, not after the whole run
     benchmark = _benchmark(args)
-    options = PipelineOptions(acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
+    options = PipelineOptions(acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors, positions=args.positions,
                               prune_options=parse_prune_options(args.prune_option), n_threads=args.threads,
                               n_gpu_layers=args.n_gpu_layers, device=args.device)
     with Pipeline(models.resolve(args.model, args.mmproj), options) as pipe:

@@ -147,7 +147,8 @@ def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
     """Answer every question in every cell; the report (see summarise). `progress`: a tqdm-like bar,
     advanced once per answered question."""
     outcomes, vision_ms = answer_all(pipe, benchmark, todo, params=params, progress=progress)
-    return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, pipe.options.acgr_layer)
+    return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, pipe.options.acgr_layer,
+                     pipe.options.positions)
 
 
 def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params: GenerationParams = SHORT_ANSWER,
@@ -217,7 +218,7 @@ def _answer(pipe: Pipeline, encoded: EncodedImage, example: Example, cell: Cell,
 # ---- the report ----------------------------------------------------------------------------------------
 
 def summarise(model: str, benchmark: Benchmark, todo: list[Cell], outcomes: list[Outcome],
-              vision_ms: dict[Cell, list[float]], acgr_layer: int | None) -> dict:
+              vision_ms: dict[Cell, list[float]], acgr_layer: int | None, positions: str = "grid") -> dict:
     """The --json report: accuracy, retention, mean κ, per-type accuracy and stage times per cell, and
     the Spearman correlation of κ with the per-image accuracy loss."""
     by_cell = {cell: [o for o in outcomes if o.cell == cell] for cell in todo}
@@ -231,7 +232,8 @@ def summarise(model: str, benchmark: Benchmark, todo: list[Cell], outcomes: list
                             **{stage: float(np.mean([o.times_ms[stage] for o in done])) for stage in STAGES}}}
                for cell, done in by_cell.items()]
     return {"model": model, "split": benchmark.name, "n": len(benchmark.examples),
-            "n_images": len(vision_ms[todo[0]]), "acgr_layer": acgr_layer, "full_accuracy": full_accuracy,
+            "n_images": len(vision_ms[todo[0]]), "acgr_layer": acgr_layer, "positions": positions,
+            "full_accuracy": full_accuracy,
             "results": results, "kappa_accuracy_spearman": kappa_loss_spearman(by_cell)}
 
 
@@ -288,8 +290,9 @@ def table(report: dict) -> str:
 def _heading(report: dict) -> str:
     rho = report["kappa_accuracy_spearman"]
     acgr = f", in-encoder ACGR after block {report['acgr_layer']}" if report["acgr_layer"] else ""
+    packed = ", kept rows packed (--positions packed)" if report.get("positions") == "packed" else ""
     return (f"model {report['model']}, {report['split']}: {report['n']} questions on {report['n_images']} images"
-            f"{acgr}; full-token accuracy {_percent(report['full_accuracy'])}; "
+            f"{acgr}{packed}; full-token accuracy {_percent(report['full_accuracy'])}; "
             f"Spearman ρ(κ, accuracy loss) {'n/a' if rho is None else f'{rho:.3f}'}")
 
 

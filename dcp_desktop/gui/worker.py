@@ -232,7 +232,7 @@ class EngineWorker(QObject):
         """Emit the answer piece by piece; True if the user stopped it."""
         try:
             for piece in stream:
-                clock.piece(pipe.engine.n_past)
+                clock.piece()
                 self.token.emit(piece)
                 if self.cancel.is_set():
                     return True
@@ -248,14 +248,13 @@ class _TurnClock:
 
     start: float
     n_before: int
-    first: float | None = None
-    n_first: int = 0  # at the first piece: prompt + the first generated token
+    first: float | None = None  # when the first piece arrived
     stop: float = 0.0
     n_end: int = 0
 
-    def piece(self, n_past: int) -> None:
+    def piece(self) -> None:
         if self.first is None:
-            self.first, self.n_first = time.perf_counter(), n_past
+            self.first = time.perf_counter()
 
     def end(self, n_past: int) -> None:
         self.stop, self.n_end = time.perf_counter(), n_past
@@ -267,8 +266,8 @@ def answer_stats(pipe: Pipeline, clock: _TurnClock, stopped: bool) -> dict:
     images: list[ImageTokens] = pipe.last_images
     image_rows = sum(len(image.embeddings) for image in images)
     full_rows = sum(image.n_full for image in images)
-    prompt_rows = (clock.n_first - 1 if clock.first is not None else clock.n_end) - clock.n_before
-    generated = clock.n_end - clock.n_first + 1 if clock.first is not None else 0
+    generated = pipe.turn["decode_tokens"]  # counted by the pipeline: a first token may give no piece
+    prompt_rows = clock.n_end - clock.n_before - generated
     text_tokens = prompt_rows - image_rows
     prefill = pipe.turn.get("prefill") or 0.0
     decode_s = clock.stop - clock.first if clock.first is not None else 0.0

@@ -376,11 +376,11 @@ using namespace dcp;
 dcp_options dcp_options_default(void) {
     dcp_options o;
     o.acgr_n_neighbors = 4;
-    o.acgr_spatial_weight = 0.25f;
+    o.acgr_spatial_weight = 0.5f;
     o.acgr_spatial_sigma = 2.0f;
-    o.tau = 0.3f;
-    o.tatcs_text_weight = 1.0f;
-    o.tatcs_relevance_mix = 0.25f;
+    o.tau = 0.2f;
+    o.tatcs_text_weight = 0.25f;
+    o.tatcs_relevance_mix = 0.5f;
     o.visionzip_dominant_ratio = 54.0f / 64.0f;  // VisionZip's 54 dominant + 10 contextual of 64
     o.cdpruner_theta = 0.5f;
     return o;

@@ -28,11 +28,11 @@ _U64_MASK = (1 << 64) - 1
 # calibrated on the validation split (docs/results/calibration-validation.md).
 DEFAULT_OPTIONS = {
     "acgr_n_neighbors": 4,
-    "acgr_spatial_weight": 0.25,
+    "acgr_spatial_weight": 0.5,
     "acgr_spatial_sigma": 2.0,
-    "tau": 0.3,
-    "tatcs_text_weight": 1.0,
-    "tatcs_relevance_mix": 0.25,
+    "tau": 0.2,
+    "tatcs_text_weight": 0.25,
+    "tatcs_relevance_mix": 0.5,
     "visionzip_dominant_ratio": 54.0 / 64.0,
     "cdpruner_theta": 0.5,
 }

@@ -72,6 +72,10 @@ def test_context_fit_arithmetic():
     per_turn = 15 + ttft.DECODE_TOKENS + 1  # question text + answer + </s>
     assert fit["images"] == {"576": (4096 - 40) // (576 + per_turn), "16": (4096 - 40) // (16 + per_turn)}
     assert fit["kv_bytes_per_image"] == {"576": 57600, "16": 1600}
+    full_turn, packed_turn = 576 + per_turn, 16 + per_turn
+    spread = (4096 - 40) // full_turn  # images at their 576 positions, then packed ones in what is left
+    assert fit["images_grid"] == {"576": fit["images"]["576"],
+                                  "16": spread + (4096 - 40 - spread * full_turn) // packed_turn}
 
 
 def test_7b_shape_has_llama_7b_parameter_count():

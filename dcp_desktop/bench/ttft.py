@@ -428,11 +428,23 @@ def run(shapes: str = "tiny", *, threads: int | None = None, runs: int | None = 
 
 def context_fit(prompt: dict[str, int], kv_per_row: int, budgets=(576, 16)) -> dict:
     """Images a 4096-token context holds, one per turn: system prefix once, then per image
-    `USER:` + K rows + `\\n{question} ASSISTANT:` + a DECODE_TOKENS answer + `</s>`."""
+    `USER:` + K rows + `\\n{question} ASSISTANT:` + a DECODE_TOKENS answer + `</s>`. Packed, a turn takes
+    as many positions as cells; at grid positions (the default) an image takes 576 positions while
+    they fit and is packed after that (engine.py), so fewer images fit."""
     turn_text = prompt["turn_text"] + DECODE_TOKENS + 1
     return {"n_ctx": N_CTX, "prefix": prompt["prefix"], "turn_text": turn_text,
             "images": {str(k): (N_CTX - prompt["prefix"]) // (k + turn_text) for k in budgets},
+            "images_grid": {str(k): _grid_images(prompt["prefix"], turn_text, k) for k in budgets},
             "kv_bytes_per_image": {str(k): k * kv_per_row for k in budgets}}
+
+
+def _grid_images(prefix: int, turn_text: int, n_rows: int, span: int = 576) -> int:
+    used, images = prefix, 0
+    while True:
+        turn = (span if used + span + turn_text <= N_CTX else n_rows) + turn_text
+        if used + turn > N_CTX:
+            return images
+        used, images = used + turn, images + 1
 
 
 def table(report: dict) -> str:
@@ -468,7 +480,9 @@ def _notes(report: dict) -> list[str]:
     lines = [f"A {fit['n_ctx']}-token context (system prefix {fit['prefix']} tokens; per image turn K rows + "
              f"{fit['turn_text']} tokens of question, answer and </s>) holds "
              + ", ".join(f"{n} images at {k} tokens ({_size(fit['kv_bytes_per_image'][k])} of KV each)"
-                         for k, n in fit["images"].items()) + "."]
+                         for k, n in fit["images"].items())
+             + f" with packed positions; at grid positions (the default) {fit['images_grid']['16']} images at 16 "
+               "tokens (each takes 576 positions while they fit)."]
     checks = [f"{r['config']} {r['kv_bytes_image_llamacpp'] - r['kv_bytes_image']:+d} B"
               for r in report["results"]]
     lines.append("KV bytes = rows × layers × 2 (K, V) × kv heads × head dim × 2 B (f16), from the GGUF. "

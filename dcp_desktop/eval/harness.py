@@ -218,7 +218,7 @@ def _answer(pipe: Pipeline, encoded: EncodedImage, example: Example, cell: Cell,
 # ---- the report ----------------------------------------------------------------------------------------
 
 def summarise(model: str, benchmark: Benchmark, todo: list[Cell], outcomes: list[Outcome],
-              vision_ms: dict[Cell, list[float]], acgr_layer: int | None, positions: str = "grid") -> dict:
+              vision_ms: dict[Cell, list[float]], acgr_layer: int | None, positions: str) -> dict:
     """The --json report: accuracy, retention, mean κ, per-type accuracy and stage times per cell, and
     the Spearman correlation of κ with the per-image accuracy loss."""
     by_cell = {cell: [o for o in outcomes if o.cell == cell] for cell in todo}

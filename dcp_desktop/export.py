@@ -19,6 +19,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .models import open_gguf, tensor_array
+
 # SentencePiece token types as llama.cpp reads them (gguf.TokenType).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
 
@@ -78,6 +80,23 @@ def export_llava(model, vocab: Vocab, out_dir: str | Path, *, name: str = "llava
     return llm_path, mmproj_path
 
 
+def read_llava_state(config, llm_path: str | Path, mmproj_path: str | Path) -> dict[str, np.ndarray]:
+    """The inverse of export_llava: the pair's tensors under the transformers names of a
+    LlavaForConditionalGeneration with this config (float32; f16 files give their f16 values). The
+    vision block the export drops (the last one) is absent: load with strict=False."""
+    llm = {t.name: t for t in open_gguf(llm_path).tensors}
+    mmproj = {t.name: t for t in open_gguf(mmproj_path).tensors}
+    state = {}
+    for ours, theirs, heads in llm_tensor_names(config.text_config):
+        value = tensor_array(llm[ours])
+        key = theirs if theirs == "lm_head.weight" else "model.language_model." + theirs
+        state[key] = _rope_unpermute(value, heads) if heads else value
+    for ours, theirs in mmproj_tensor_names(config.vision_config.num_hidden_layers - 1):
+        prefix = "model.multi_modal_projector." if ours.startswith("mm.") else "model.vision_tower."
+        state[prefix + theirs] = tensor_array(mmproj[ours])
+    return state
+
+
 def _strip(state: dict[str, np.ndarray], *prefixes: str) -> dict[str, np.ndarray]:
     """The sub-dictionary under `prefixes`, with 'model.language_model.' etc. removed
     (lm_head keeps its own name)."""
@@ -118,6 +137,13 @@ def _rope_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, head_dim // 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
+def _rope_unpermute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of _rope_permute: llama.cpp's row order of Wq/Wk back to HF's."""
+    out_dim, in_dim = weight.shape
+    head_dim = out_dim // n_heads
+    return weight.reshape(n_heads, head_dim // 2, 2, in_dim).swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
 def add_llama_metadata(g: gguf.GGUFWriter, name: str, vocab: Vocab, *, vocab_size: int, n_ctx: int, width: int,
                        n_layers: int, ff_width: int, n_heads: int, n_kv_heads: int, rope_theta: float,
                        rms_eps: float) -> None:
@@ -146,6 +172,42 @@ def add_llama_metadata(g: gguf.GGUFWriter, name: str, vocab: Vocab, *, vocab_siz
     g.add_add_eos_token(False)
 
 
+def llm_tensor_names(cfg) -> list[tuple[str, str, int]]:
+    """(llama.cpp name, transformers name without 'model.language_model.', heads to rope-permute or 0)
+    for every LLM tensor. The one table the exporter writes by and read_llava_state reads by."""
+    names = [("token_embd.weight", "embed_tokens.weight", 0)]
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        names += [(f"blk.{i}.attn_norm.weight", p + "input_layernorm.weight", 0),
+                  (f"blk.{i}.attn_q.weight", p + "self_attn.q_proj.weight", cfg.num_attention_heads),
+                  (f"blk.{i}.attn_k.weight", p + "self_attn.k_proj.weight", cfg.num_key_value_heads),
+                  (f"blk.{i}.attn_v.weight", p + "self_attn.v_proj.weight", 0),
+                  (f"blk.{i}.attn_output.weight", p + "self_attn.o_proj.weight", 0),
+                  (f"blk.{i}.ffn_norm.weight", p + "post_attention_layernorm.weight", 0),
+                  (f"blk.{i}.ffn_gate.weight", p + "mlp.gate_proj.weight", 0),
+                  (f"blk.{i}.ffn_up.weight", p + "mlp.up_proj.weight", 0),
+                  (f"blk.{i}.ffn_down.weight", p + "mlp.down_proj.weight", 0)]
+    return names + [("output_norm.weight", "norm.weight", 0), ("output.weight", "lm_head.weight", 0)]
+
+
+def mmproj_tensor_names(n_blocks: int) -> list[tuple[str, str]]:
+    """(mmproj name, transformers name without 'model.vision_tower.' / 'model.multi_modal_projector.')
+    for the stored vision blocks and the projector."""
+    names = [("v.class_embd", "embeddings.class_embedding"),
+             ("v.patch_embd.weight", "embeddings.patch_embedding.weight"),
+             ("v.position_embd.weight", "embeddings.position_embedding.weight"),
+             ("v.pre_ln.weight", "pre_layrnorm.weight"), ("v.pre_ln.bias", "pre_layrnorm.bias")]
+    for i in range(n_blocks):
+        for ours, theirs in (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
+                             ("attn_v", "self_attn.v_proj"), ("attn_out", "self_attn.out_proj"),
+                             ("ln1", "layer_norm1"), ("ln2", "layer_norm2"),
+                             ("ffn_up", "mlp.fc1"), ("ffn_down", "mlp.fc2")):
+            names += [(f"v.blk.{i}.{ours}.{kind}", f"encoder.layers.{i}.{theirs}.{kind}") for kind in ("weight", "bias")]
+    for ours, theirs in (("mm.0", "linear_1"), ("mm.2", "linear_2")):
+        names += [(f"{ours}.{kind}", f"{theirs}.{kind}") for kind in ("weight", "bias")]
+    return names
+
+
 def write_llm(cfg, state: dict[str, np.ndarray], vocab: Vocab, path: Path, *, name: str, dtype: str) -> None:
     """A llama-architecture GGUF: hyper-parameters, tokenizer, and the tensors under llama.cpp names."""
     n_head, n_head_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -154,20 +216,9 @@ def write_llm(cfg, state: dict[str, np.ndarray], vocab: Vocab, path: Path, *, na
     add_llama_metadata(w.gguf, name, vocab, vocab_size=cfg.vocab_size, n_ctx=cfg.max_position_embeddings, width=cfg.hidden_size,
                        n_layers=cfg.num_hidden_layers, ff_width=cfg.intermediate_size, n_heads=n_head,
                        n_kv_heads=n_head_kv, rope_theta=float(rope_theta), rms_eps=cfg.rms_norm_eps)
-    w.tensor("token_embd.weight", state["embed_tokens.weight"])
-    for i in range(cfg.num_hidden_layers):
-        p = f"layers.{i}."
-        w.tensor(f"blk.{i}.attn_norm.weight", state[p + "input_layernorm.weight"])
-        w.tensor(f"blk.{i}.attn_q.weight", _rope_permute(state[p + "self_attn.q_proj.weight"], n_head))
-        w.tensor(f"blk.{i}.attn_k.weight", _rope_permute(state[p + "self_attn.k_proj.weight"], n_head_kv))
-        w.tensor(f"blk.{i}.attn_v.weight", state[p + "self_attn.v_proj.weight"])
-        w.tensor(f"blk.{i}.attn_output.weight", state[p + "self_attn.o_proj.weight"])
-        w.tensor(f"blk.{i}.ffn_norm.weight", state[p + "post_attention_layernorm.weight"])
-        w.tensor(f"blk.{i}.ffn_gate.weight", state[p + "mlp.gate_proj.weight"])
-        w.tensor(f"blk.{i}.ffn_up.weight", state[p + "mlp.up_proj.weight"])
-        w.tensor(f"blk.{i}.ffn_down.weight", state[p + "mlp.down_proj.weight"])
-    w.tensor("output_norm.weight", state["norm.weight"])
-    w.tensor("output.weight", state.get("lm_head.weight", state["embed_tokens.weight"]))
+    for ours, theirs, heads in llm_tensor_names(cfg):
+        value = state.get(theirs, state["embed_tokens.weight"]) if ours == "output.weight" else state[theirs]
+        w.tensor(ours, _rope_permute(value, heads) if heads else value)
     w.close()
 
 
@@ -196,20 +247,6 @@ def write_mmproj(cfg, state: dict[str, np.ndarray], path: Path, *, name: str, dt
     g.add_array("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
     g.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
 
-    w.tensor("v.class_embd", state["embeddings.class_embedding"])
-    w.tensor("v.patch_embd.weight", state["embeddings.patch_embedding.weight"])
-    w.tensor("v.position_embd.weight", state["embeddings.position_embedding.weight"])
-    w.tensor("v.pre_ln.weight", state["pre_layrnorm.weight"])
-    w.tensor("v.pre_ln.bias", state["pre_layrnorm.bias"])
-    for i in range(n_blocks):
-        p = f"encoder.layers.{i}."
-        for ours, theirs in (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
-                             ("attn_v", "self_attn.v_proj"), ("attn_out", "self_attn.out_proj"),
-                             ("ln1", "layer_norm1"), ("ln2", "layer_norm2"),
-                             ("ffn_up", "mlp.fc1"), ("ffn_down", "mlp.fc2")):
-            w.tensor(f"v.blk.{i}.{ours}.weight", state[p + theirs + ".weight"])
-            w.tensor(f"v.blk.{i}.{ours}.bias", state[p + theirs + ".bias"])
-    for ours, theirs in (("mm.0", "linear_1"), ("mm.2", "linear_2")):
-        w.tensor(f"{ours}.weight", state[theirs + ".weight"])
-        w.tensor(f"{ours}.bias", state[theirs + ".bias"])
+    for ours, theirs in mmproj_tensor_names(n_blocks):
+        w.tensor(ours, state[theirs])
     w.close()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from gguf import GGUFReader
+from gguf.quants import dequantize
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import HTTPError, XetDownloadError
 from huggingface_hub.utils import silent_tqdm
@@ -304,6 +305,12 @@ def list_models() -> list[ModelStatus]:
 # --- reading GGUF metadata -------------------------------------------------------------------------
 
 _REQUIRED = object()
+
+
+def tensor_array(tensor) -> np.ndarray:
+    """A GGUF tensor as float32 in numpy layout (GGUF lists dims innermost first)."""
+    data = dequantize(tensor.data, tensor.tensor_type)
+    return np.array(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
 
 
 def gguf_value(reader: GGUFReader, key: str | tuple[str, ...], default: Any = _REQUIRED) -> Any:

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gguf import GGUFReader
-from gguf.quants import dequantize
 
 from .errors import InputError
-from .models import gguf_value, open_gguf
+from .models import gguf_value, open_gguf, tensor_array
 
 
 @dataclass(frozen=True)
@@ -208,12 +207,6 @@ def read_config(reader: GGUFReader, path: Path) -> VisionConfig:
     )
 
 
-def _array(tensor) -> np.ndarray:
-    """A GGUF tensor as float32 in numpy layout (GGUF lists dims innermost first)."""
-    data = dequantize(tensor.data, tensor.tensor_type)
-    return np.array(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
-
-
 def _ffn_pair(tensors: dict, i: int, width: int) -> tuple[str, str]:
     """Names of (up, down) for block i. The legacy converter stored fc1 as ffn_down and fc2 as
     ffn_up; llama.cpp tells them apart by shape, and so do we: up maps width → ff."""
@@ -240,7 +233,7 @@ def load_weights(tower: VisionTower, tensors: dict, path: Path) -> None:
         for name, param in plan.items():
             if name not in tensors:
                 raise InputError(f"{path}: tensor {name} is missing; the mmproj is incomplete or not LLaVA-1.5")
-            value = _array(tensors[name])
+            value = tensor_array(tensors[name])
             if value.shape != tuple(param.shape):
                 raise InputError(f"{path}: tensor {name} has shape {value.shape}, expected {tuple(param.shape)}")
             param.copy_(torch.from_numpy(value))

@@ -132,3 +132,25 @@ def test_grounding_points_at_the_named_objects_from_their_words(parts):
     assert star[60 // 14, 60 // 14] and circle[250 // 14, 250 // 14] and not (star & circle).any()
     assert (both == (star | circle)).all()
     assert train.grounding("Is there a green hexagon in the image?", 9, scene, owners, tokenizer) == []
+
+
+def test_exported_pair_reads_back_into_the_same_weights(parts, tmp_path):
+    """--init-from a folder with the shipped pair: read_llava_state inverts export_llava, so a run can go
+    on from dcp_desktop/demo/ when no checkpoint survives. Only what the pair does not hold (the probe,
+    the last ViT block, the post-LN) keeps its fresh start."""
+    vocab, _, _, _ = parts
+    model = train.build_model(MICRO, len(vocab.tokens))
+    export_llava(model, vocab, tmp_path, name=train.NAME)  # f32: exact
+    fresh = train.build_model(dataclasses.replace(MICRO, seed=1), len(vocab.tokens))
+    train.init_weights(fresh, tmp_path)
+    unread = (f"model.vision_tower.encoder.layers.{MICRO.vision_layers - 1}.", "model.vision_tower.post_layernorm.",
+              "patch_probe.")
+    compared = 0
+    for (name, ours), theirs in zip(model.state_dict().items(), fresh.state_dict().values()):
+        if not name.startswith(unread):
+            torch.testing.assert_close(theirs, ours, rtol=0, atol=0, msg=name)
+            compared += 1
+    assert compared == len(model.state_dict()) - 16 - 2 - 2  # 16 tensors per ViT block, post-LN, probe
+    assert not torch.equal(model.patch_probe.weight, fresh.patch_probe.weight)  # the seeds differ
+    with pytest.raises(SystemExit, match="neither a checkpoint nor a folder"):
+        train.init_weights(fresh, tmp_path / "nowhere")

@@ -42,7 +42,7 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from dcp_desktop.engine import SYSTEM
 from dcp_desktop.eval import scenes
-from dcp_desktop.export import Vocab, export_llava, spm_vocab
+from dcp_desktop.export import Vocab, export_llava, read_llava_state, spm_vocab
 from dcp_desktop.image import preprocess
 
 NAME = "dcp-demo"  # the exported pair: NAME.gguf and mmproj-NAME.gguf
@@ -79,7 +79,7 @@ class Config:
     eval_images: int = 128  # validation images (× questions_per_image questions), the standard set
     checkpoint_every: int = 500
     seed: int = 0  # weight init; the data order depends on the step only
-    init_from: str = ""  # a checkpoint whose weights (not its optimiser) start this run (README: runs 7-8)
+    init_from: str = ""  # a checkpoint, or a folder with the exported pair, whose weights start this run (README)
     first_set: int = 0  # step s trains on the train split's image set first_set + s: fresh images after init_from
 
 
@@ -494,9 +494,7 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
     optimizer, scheduler = make_optimizer(model, cfg)
     checkpoint, log = out / "checkpoint.pt", Log(out / "log.jsonl")
     if cfg.init_from and not resume:
-        if not Path(cfg.init_from).is_file():
-            raise SystemExit(f"--init-from: no checkpoint at {cfg.init_from}")
-        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True)["model"])
+        init_weights(model, Path(cfg.init_from))
     start = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg) if resume else 0
     prefix = torch.tensor(tokenizer.prefix(), device=device)
     log(f"config {dataclasses.asdict(cfg)}; {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
@@ -524,6 +522,25 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, step)
     return export(model, out, log)
+
+
+def init_weights(model, source: Path) -> None:
+    """Start from earlier weights, not their optimiser: a checkpoint.pt, or a folder holding the exported
+    f16 pair (e.g. dcp_desktop/demo/). The pair lacks the patch probe and what LLaVA never reads (the
+    last ViT block, the post-LN), which keep their random start; the probe relearns within a few hundred steps."""
+    if source.is_file():
+        model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["model"])
+        return
+    llm, mmproj = source / f"{NAME}.gguf", source / f"mmproj-{NAME}.gguf"
+    if not (llm.is_file() and mmproj.is_file()):
+        raise SystemExit(f"--init-from: {source} is neither a checkpoint nor a folder with {llm.name} and {mmproj.name}")
+    state = {key: torch.from_numpy(value) for key, value in read_llava_state(model.config, llm, mmproj).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unread = (f"model.vision_tower.encoder.layers.{model.config.vision_config.num_hidden_layers - 1}.",
+              "model.vision_tower.post_layernorm.", "patch_probe.")
+    left = [key for key in missing if not key.startswith(unread)]
+    if left or unexpected:
+        raise SystemExit(f"--init-from {source}: tensors missing {left}, unexpected {unexpected}")
 
 
 def export(model, out: Path, log: Log) -> tuple[Path, Path]:

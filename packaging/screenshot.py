@@ -3,7 +3,10 @@
     python packaging/screenshot.py [--out /tmp/dcp-desktop-screenshot.png] [--model DIR_OR_GGUF]
                                    [--image tests/data/shapes.png] [--method NAME] [--question Q ...]
 
-Without DISPLAY it starts Xvfb (Debian: `apt-get install xvfb libxcb-cursor0`). Without --model it
+Without DISPLAY it starts Xvfb. Qt's xcb plugin needs, on a bare Debian 12: `apt-get install xvfb
+libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
+libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxkbcommon-x11-0` (QT_DEBUG_PLUGINS=1 names any missing
+one). Without --model it
 builds the small random test model (models/make_test_model.py; its answers are gibberish). The app
 runs on a throw-away data folder (DCP_DESKTOP_HOME), so the user's history is never touched.
 """

@@ -19,6 +19,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .errors import InputError
 from .models import open_gguf, tensor_array
 
 # SentencePiece token types as llama.cpp reads them (gguf.TokenType).
@@ -82,19 +83,29 @@ def export_llava(model, vocab: Vocab, out_dir: str | Path, *, name: str = "llava
 
 def read_llava_state(config, llm_path: str | Path, mmproj_path: str | Path) -> dict[str, np.ndarray]:
     """The inverse of export_llava: the pair's tensors under the transformers names of a
-    LlavaForConditionalGeneration with this config (float32; f16 files give their f16 values). The
-    vision block the export drops (the last one) is absent: load with strict=False."""
-    llm = {t.name: t for t in open_gguf(llm_path).tensors}
-    mmproj = {t.name: t for t in open_gguf(mmproj_path).tensors}
+    LlavaForConditionalGeneration with this config (float32; f16 files give their f16 values). What
+    the export drops (the last vision block, the post-LN) is absent: load with strict=False."""
+    llm, mmproj = _tensors(llm_path), _tensors(mmproj_path)
     state = {}
     for ours, theirs, heads in llm_tensor_names(config.text_config):
-        value = tensor_array(llm[ours])
+        value = llm(ours)
         key = theirs if theirs == "lm_head.weight" else "model.language_model." + theirs
         state[key] = _rope_unpermute(value, heads) if heads else value
     for ours, theirs in mmproj_tensor_names(config.vision_config.num_hidden_layers - 1):
         prefix = "model.multi_modal_projector." if ours.startswith("mm.") else "model.vision_tower."
-        state[prefix + theirs] = tensor_array(mmproj[ours])
+        state[prefix + theirs] = mmproj(ours)
     return state
+
+
+def _tensors(path: str | Path):
+    """name -> float32 array of the GGUF at path; a missing name is an InputError naming the file."""
+    tensors = {t.name: t for t in open_gguf(path).tensors}
+
+    def read(name: str) -> np.ndarray:
+        if name not in tensors:
+            raise InputError(f"{path}: tensor {name} is missing; the file does not match this model's config")
+        return tensor_array(tensors[name])
+    return read
 
 
 def _strip(state: dict[str, np.ndarray], *prefixes: str) -> dict[str, np.ndarray]:

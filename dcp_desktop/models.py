@@ -304,13 +304,13 @@ def list_models() -> list[ModelStatus]:
 
 # --- reading GGUF metadata -------------------------------------------------------------------------
 
-_REQUIRED = object()
-
-
 def tensor_array(tensor) -> np.ndarray:
     """A GGUF tensor as float32 in numpy layout (GGUF lists dims innermost first)."""
     data = dequantize(tensor.data, tensor.tensor_type)
     return np.array(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
+
+
+_REQUIRED = object()
 
 
 def gguf_value(reader: GGUFReader, key: str | tuple[str, ...], default: Any = _REQUIRED) -> Any:

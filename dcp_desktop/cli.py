@@ -14,12 +14,10 @@ import argparse
 import json
 import sys
 
-from . import models
+from . import cli_options, models
 from .engine import GenerationParams
 from .errors import InputError, run_command
-from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, POSITIONS, EncodedImage, Pipeline, PipelineOptions
-from .prune import DEFAULT_OPTIONS, METHODS
-from .vision import VISION_DTYPES
+from .pipeline import EncodedImage, Pipeline, Turn
 
 
 EXAMPLES = """\
@@ -32,13 +30,6 @@ examples:
 """
 
 
-def whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcp-chat", description=__doc__.split("\n\n")[0],
@@ -46,111 +37,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("image", help="the image file to ask about (PNG, JPEG, WebP, ...)")
     parser.add_argument("question", nargs="?",
                         help="the question; leave out for an interactive chat about the image")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", "-m", default=None,
-                       help=f"catalog name (default {models.DEFAULT_MODEL}; see `dcp-chat models`), "
-                            "an LLM .gguf file, or a folder holding the LLM and its mmproj")
-    model.add_argument("--mmproj", default=None, help="the vision projector .gguf (when --model is a file)")
+    cli_options.add_model_options(parser, default=None)
     prune = parser.add_argument_group("image tokens")
-    prune.add_argument("--tokens", "-k", type=whole_number, default=DEFAULT_TOKENS,
-                       help=f"image tokens the LLM sees, 1..576 (default {DEFAULT_TOKENS}; 576 = all)")
-    prune.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
-                       help=f"how to choose them (default {DEFAULT_METHOD}); 'full' keeps all 576")
-    prune.add_argument("--acgr-layer", type=whole_number, default=None, metavar="L",
-                       help="prune inside the vision encoder after block L (1..23 on ViT-L): later blocks "
-                            "run on the kept tokens only, which saves vision time (default: at the output)")
-    prune.add_argument("--acgr-anchors", type=whole_number, default=None, metavar="M",
-                       help="tokens kept inside the encoder with --acgr-layer (default 4 x --tokens)")
-    prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
-                       help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
-    add_positions_argument(prune)
+    cli_options.add_pruning_options(prune, single_budget=True)
     prune.add_argument("--seed", type=int, default=0, help="seed for sampling and the 'random' method")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-tokens", type=whole_number, default=256, help="answer length limit (default 256)")
+    gen.add_argument("--max-tokens", type=cli_options.whole_number, default=256,
+                     help="answer length limit (default 256)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
-    run = parser.add_argument_group("hardware")
-    run.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
-    run.add_argument("--n-gpu-layers", type=int, default=0,
-                     help="LLM layers to offload to the GPU (needs a CUDA/Metal build of llama-cpp-python)")
-    run.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
-    run.add_argument("--vision-dtype", default="auto", choices=VISION_DTYPES,
-                     help="the vision tower's number type (default auto: bfloat16 where the hardware runs it "
-                          "natively, else float32)")
+    cli_options.add_hardware_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     out.add_argument("--verbose", "-v", action="store_true", help="show llama.cpp's log and stage timings")
     return parser
 
 
-def add_positions_argument(group) -> None:
-    group.add_argument("--positions", default="grid", choices=POSITIONS,
-                       help="where the kept image tokens sit in the LLM's sequence: 'grid' (default) gives each "
-                            "the position its patch has in the full 576-token image, so the question sees the "
-                            "image's layout as the model was trained to; 'packed' puts them one after another")
-
-
-def parse_prune_options(pairs: list[str]) -> dict[str, float]:
-    options = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        if name not in DEFAULT_OPTIONS:
-            raise InputError(f"--prune-option {pair}: unknown knob '{name}'; known: {', '.join(DEFAULT_OPTIONS)}")
-        try:
-            options[name] = float(value)
-        except ValueError:
-            raise InputError(f"--prune-option {pair}: expected NAME=NUMBER, e.g. tau=0.3") from None
-    return options
-
-
-def _options(args) -> PipelineOptions:
-    return PipelineOptions(method=args.method, n_keep=args.tokens, acgr_layer=args.acgr_layer,
-                           acgr_anchors=args.acgr_anchors, prune_options=parse_prune_options(args.prune_option),
-                           seed=args.seed, positions=args.positions, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                           device=args.device, vision_dtype=args.vision_dtype, verbose=args.verbose)
-
-
 def _answer_once(pipe: Pipeline, image: EncodedImage, args) -> None:
     params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    pieces = []
-    for piece in pipe.ask(args.question, [image], params):
-        pieces.append(piece)
+    turn = pipe.ask(args.question, [image], params)
+    for piece in turn:
         if not args.json:
             print(piece, end="", flush=True)
     if not args.json:
         print()
-    turn, image = pipe.turn, pipe.last_images[0]
+    tokens = turn.images[0]
     if args.json:
-        print(json.dumps(_report(pipe, "".join(pieces)), ensure_ascii=False))
+        print(json.dumps(_report(pipe, turn), ensure_ascii=False))
     elif args.verbose:
-        print(f"[{image.selection.features.shape[0]} of {image.n_full} image tokens, kappa "
-              f"{image.selection.kappa:.3f}; vision {image.timings_ms['vision']:.0f} ms, prune "
-              f"{image.timings_ms['prune']:.1f} ms, prefill {turn['prefill']:.0f} ms, first token "
-              f"{turn['first_token'] or 0:.0f} ms]", file=sys.stderr)
+        print(f"[{len(tokens.embeddings)} of {tokens.n_full} image tokens, kappa {tokens.selection.kappa:.3f}; "
+              f"vision {tokens.timings_ms['vision']:.0f} ms, prune {tokens.timings_ms['prune']:.1f} ms, prefill "
+              f"{turn.prefill_ms:.0f} ms, first token {turn.first_token_ms or 0:.0f} ms]", file=sys.stderr)
 
 
-def _report(pipe: Pipeline, answer: str) -> dict:
-    turn, image = pipe.turn, pipe.last_images[0]
-    stages = {stage: round(image.timings_ms[stage], 3) for stage in ("vision", "prune", "project")}
-    if "vision_saved_estimate" in image.timings_ms:
-        stages["vision_saved_estimate"] = round(image.timings_ms["vision_saved_estimate"], 3)
-    decode_tps = (turn["decode_tokens"] - 1) / (turn["decode"] / 1000.0) if turn["decode"] > 0 else None
+def _report(pipe: Pipeline, turn: Turn) -> dict:
+    tokens = turn.images[0]
+    stages = {stage: round(tokens.timings_ms[stage], 3) for stage in ("vision", "prune", "project")}
+    if "vision_saved_estimate" in tokens.timings_ms:
+        stages["vision_saved_estimate"] = round(tokens.timings_ms["vision_saved_estimate"], 3)
+    speed = turn.decode_tokens_per_s
     return {
-        "answer": answer,
+        "answer": turn.answer,
         "model": pipe.info.name,
         "method": pipe.options.method,
-        "tokens": int(image.embeddings.shape[0]),
-        "image_tokens_full": image.n_full,
-        "kappa": round(image.selection.kappa, 6),
-        "used_tatcs": image.selection.used_tatcs,
+        "tokens": len(tokens.embeddings),
+        "image_tokens_full": tokens.n_full,
+        "kappa": round(tokens.selection.kappa, 6),
+        "used_tatcs": tokens.selection.used_tatcs,
         "acgr_layer": pipe.acgr_layer,
         "timings_ms": {
             "load": round(pipe.load_ms["load"], 3), **stages,
-            "prefill": round(turn["prefill"], 3),
-            "first_token": None if turn["first_token"] is None else round(turn["first_token"], 3),
-            "total": round(pipe.load_ms["load"] + sum(image.timings_ms[s] for s in ("vision", "prune", "project"))
-                           + turn["total"], 3),
+            "prefill": round(turn.prefill_ms, 3),
+            "first_token": None if turn.first_token_ms is None else round(turn.first_token_ms, 3),
+            "total": round(pipe.load_ms["load"] + sum(tokens.timings_ms[s] for s in ("vision", "prune", "project"))
+                           + turn.total_ms, 3),
         },
-        "decode_tokens_per_s": None if decode_tps is None else round(decode_tps, 2),
+        "decode_tokens_per_s": None if speed is None else round(speed, 2),
     }
 
 
@@ -212,7 +153,7 @@ def run(argv: list[str]) -> None:
     if argv[:1] == ["pull"]:
         return _pull_command(argv[1:])
     args = build_parser().parse_args(argv)
-    options = _options(args)
+    options = cli_options.options_from_args(args)
     files = models.resolve(args.model, args.mmproj)
     with Pipeline(files, options) as pipe:
         image = pipe.encode_image(args.image)

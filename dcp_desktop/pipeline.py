@@ -122,8 +122,6 @@ class Pipeline:
         self.files = files
         self.token_embeddings: TokenEmbeddings | None = None
         self.load_ms: dict[str, float] = {}
-        self.turn: dict[str, float | None] = {}  # the last ask(): see ask()
-        self.last_images: list[ImageTokens] = []  # the images the last ask() added
         with _timed(self.load_ms, "load"):
             self.info: ModelInfo = validate(files)  # cheap metadata checks before anything loads
             if options.n_threads:
@@ -216,30 +214,87 @@ class Pipeline:
     # --- language model ----------------------------------------------------------------------
 
     def ask(self, question: str, images: list[EncodedImage] = (),
-            params: GenerationParams = GenerationParams()) -> Iterator[str]:
-        """Stream the answer to `question` about new `images` (added to the conversation first).
-        When the stream ends, `self.turn` holds the turn's timings (ms) and token counts and
-        `self.last_images` the pruned images."""
+            params: GenerationParams = GenerationParams()) -> Turn:
+        """The answer to `question` about new `images` (pruned now with the question, then added to the
+        conversation). Iterate the Turn for the answer's pieces; its figures are final when it ends."""
         if not question.strip():
             raise InputError("question: empty; ask something about the image")
-        self.last_images = [self.prepare(image, question) for image in images]
-        turn = self.turn = {"prefill": 0.0, "first_token": None, "decode_tokens": 0, "decode": 0.0}
-        start = time.perf_counter()
-        with _timed(turn, "prefill"):
-            self.engine.add_user_turn(question, [image.rows(self.options.positions) for image in self.last_images])
-        n_before = self.engine.n_past
-        for piece in self.engine.generate(params):
-            if turn["first_token"] is None:
-                turn["first_token"] = (time.perf_counter() - start) * 1000.0
-            turn["decode_tokens"] = self.engine.n_past - n_before  # tokens sampled and decoded, also if stopped
-            yield piece
-        turn["decode_tokens"] = self.engine.n_past - n_before
-        turn["total"] = (time.perf_counter() - start) * 1000.0
-        if turn["first_token"] is not None:
-            turn["decode"] = turn["total"] - turn["first_token"]
+        prepared = [self.prepare(image, question) for image in images]
+        return Turn(self.engine, question, prepared, self.options.positions, params)
 
     def new_chat(self) -> None:
         self.engine.new_chat()
+
+
+class Turn:
+    """One question and its streamed answer. Iterating it prefills the turn, then yields the answer's
+    text pieces; stopping early (break, close()) keeps every piece so far in the conversation. Its
+    figures fill in as it runs and are final once the iteration has ended."""
+
+    def __init__(self, engine: Engine, question: str, images: list[ImageTokens], positions: str,
+                 params: GenerationParams):
+        self.images = images  # the pruned images this turn added
+        self.answer = ""
+        self.prefill_ms = 0.0  # the turn's text and image rows into the cache
+        self.first_token_ms: float | None = None  # from the start of the prefill to the first piece
+        self.total_ms = 0.0  # prefill + answer
+        self.n_prompt_tokens = 0  # text tokens + image rows the prefill decoded
+        self.n_answer_tokens = 0  # tokens sampled and decoded, also when stopped early
+        self._pieces = self._run(engine, question, positions, params)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return sum(len(image.embeddings) for image in self.images)
+
+    @property
+    def n_text_tokens(self) -> int:
+        return self.n_prompt_tokens - self.n_image_tokens
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Answer tokens after the first, over the time after the first piece."""
+        decode_ms = self.total_ms - (self.first_token_ms or 0.0)
+        if self.first_token_ms is None or self.n_answer_tokens < 2 or decode_ms <= 0:
+            return None
+        return (self.n_answer_tokens - 1) / (decode_ms / 1000.0)
+
+    def __iter__(self) -> Turn:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        """Stop the answer where it is (its figures are then final)."""
+        self._pieces.close()
+
+    def text(self) -> str:
+        """Run the turn to its end; the whole answer."""
+        for _ in self:
+            pass
+        return self.answer
+
+    def _run(self, engine: Engine, question: str, positions: str, params: GenerationParams) -> Iterator[str]:
+        start = time.perf_counter()
+        n_before = engine.n_past
+        engine.add_user_turn(question, [image.rows(positions) for image in self.images])
+        self.prefill_ms = _ms_since(start)
+        n_prompt = engine.n_past
+        self.n_prompt_tokens = n_prompt - n_before
+        try:
+            for piece in engine.generate(params):
+                if self.first_token_ms is None:
+                    self.first_token_ms = _ms_since(start)
+                self.answer += piece
+                self.n_answer_tokens = engine.n_past - n_prompt
+                yield piece
+        finally:
+            self.n_answer_tokens = engine.n_past - n_prompt
+            self.total_ms = _ms_since(start)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
 
 
 def grid_assignment(assignment: np.ndarray, anchor_assignment: np.ndarray | None) -> np.ndarray:

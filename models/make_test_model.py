@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import transformers
 
+from dcp_desktop import template
 from dcp_desktop.export import export_llava, spm_vocab
 
 # Words the tokenizer can spell as whole pieces: the LLaVA-1.5 prompt plus short answers.
 WORDS = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the human's questions. USER: ASSISTANT: What is in the "
+    template.SYSTEM + " " + template.USER + template.ASSISTANT + " What is in the "
     "image? Is there a red green blue yellow circle square triangle star on left right top bottom of "
     "this picture how many colour color shape yes no one two three four five six seven eight"
 ).replace(".", " ").replace(",", " ").replace("?", " ").replace(":", " ").split()

@@ -15,16 +15,17 @@ from gguf.quants import dequantize
 from dcp_desktop.bench import main
 from dcp_desktop.bench import random_gguf as rg
 from dcp_desktop.bench import ttft
-from dcp_desktop.engine import SYSTEM, Engine
+from dcp_desktop import template
+from dcp_desktop.bench.mtmd_peer import MtmdEncoder
+from dcp_desktop.engine import Engine
 from dcp_desktop.models import ModelFiles, gguf_value, validate
-from dcp_desktop.mtmd_peer import MtmdEncoder
 from dcp_desktop.vision import VisionTower
 
 SMALL = rg.PairShape("small-random",
                      rg.LlamaShape(n_layers=2, width=256, ff_width=512, n_heads=4, n_kv_heads=2, vocab_size=1000,
                                    n_ctx=512),
                      rg.ClipShape(width=64, ff_width=128, n_heads=4, n_blocks=2, proj_hidden=256))
-WORDS = (SYSTEM + " USER ASSISTANT What is in the image").replace(".", " ").replace(",", " ").split()
+WORDS = (template.SYSTEM + " USER ASSISTANT What is in the image").replace(".", " ").replace(",", " ").split()
 
 
 @pytest.fixture
@@ -127,8 +128,8 @@ def test_random_pair_loads_in_our_tower_and_llama_cpp(small_pair):
     cfg = VisionTower.from_gguf(mmproj).cfg
     assert (cfg.width, cfg.n_blocks, cfg.proj_hidden, cfg.n_embd) == (64, 2, 256, 256)
     with Engine(str(llm), n_ctx=512, n_threads=1) as engine:
-        assert engine.llm.n_vocab() == 1000 and engine.n_prefix > 10
+        assert engine.llama.n_vocab == 1000 and engine.n_prefix > 10
         assert len(engine.tokenize("What is in the image?")) <= 8  # whole-word pieces
         assert np.isfinite(engine.next_token_logits()).all()
-        with MtmdEncoder(str(mmproj), engine.llm) as encoder:  # llama.cpp's own loader accepts the mmproj
+        with MtmdEncoder(str(mmproj), engine.llama) as encoder:  # llama.cpp's own loader accepts the mmproj
             assert encoder.n_embd == 256

@@ -48,7 +48,10 @@ def test_streams_plain_text_with_file_and_mmproj(tiny, image_path, capsys):
     code, out, err = run_cli(capsys, image_path, "What is in the image?", "--model", tiny.llm,
                              "--mmproj", tiny.mmproj, "--method", "pool", *RUN)
     assert code == 0, err
-    assert out.endswith("\n")
+    code, json_out, err = run_cli(capsys, image_path, "What is in the image?", "--model", tiny.llm,
+                                  "--mmproj", tiny.mmproj, "--method", "pool", "--json", *RUN)
+    assert code == 0, err
+    assert out == json.loads(json_out)["answer"] + "\n"  # the stream is the answer, then one newline
 
 
 def test_console_script_runs(tiny, image_path):

@@ -12,8 +12,9 @@ import pytest
 from conftest import run_main
 from dcp_desktop import cli, models
 from dcp_desktop.engine import Engine
-from dcp_desktop.eval import harness, scenes
-from dcp_desktop.mtmd_peer import MtmdEncoder
+from dcp_desktop import scenes
+from dcp_desktop.eval import harness
+from dcp_desktop.bench.mtmd_peer import MtmdEncoder
 from dcp_desktop.pipeline import Pipeline, PipelineOptions
 
 DEMO = models.BUNDLED["demo"]
@@ -36,7 +37,7 @@ def test_bundled_pair_is_small_f16_llava():
 
 def test_llama_cpp_multimodal_path_loads_it():
     image = scenes.render_scene(README_SEED)[0]
-    with Engine(str(DEMO.files.llm), n_ctx=1024) as engine, MtmdEncoder(str(DEMO.files.mmproj), engine.llm) as mtmd:
+    with Engine(str(DEMO.files.llm), n_ctx=1024) as engine, MtmdEncoder(str(DEMO.files.mmproj), engine.llama) as mtmd:
         rows = mtmd.encode(image)
     assert rows.shape[0] == 576 and np.isfinite(rows).all()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcp_desktop.eval import scenes
+from dcp_desktop import scenes
 from dcp_desktop.export import export_llava
 
 
@@ -97,7 +97,7 @@ def test_checkpoint_resumes_exactly(parts, tmp_path):
 def test_export_only_writes_an_f16_pair_that_both_runtimes_load(parts, tmp_path):
     from dcp_desktop.engine import Engine, GenerationParams
     from dcp_desktop.models import ModelFiles, validate
-    from dcp_desktop.mtmd_peer import MtmdEncoder
+    from dcp_desktop.bench.mtmd_peer import MtmdEncoder
     from dcp_desktop.pipeline import Pipeline, PipelineOptions
 
     vocab, _, batch, _ = parts
@@ -110,7 +110,7 @@ def test_export_only_writes_an_f16_pair_that_both_runtimes_load(parts, tmp_path)
     with Pipeline(files, PipelineOptions(n_threads=1)) as pipe:
         answer = "".join(pipe.ask(item.question, [pipe.encode_image(item.image())], GenerationParams(max_tokens=4)))
     assert isinstance(answer, str)
-    with Engine(str(files.llm), n_ctx=1024) as engine, MtmdEncoder(str(files.mmproj), engine.llm) as mtmd:
+    with Engine(str(files.llm), n_ctx=1024) as engine, MtmdEncoder(str(files.mmproj), engine.llama) as mtmd:
         assert mtmd.encode(item.image()).shape[0] == 576
 
 

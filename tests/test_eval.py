@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_main
-from dcp_desktop.eval import harness, scenes
+from dcp_desktop import scenes
+from dcp_desktop.eval import harness
 from dcp_desktop.eval.cli import main
 
 RUN = ["--threads", "1", "--quiet"]

@@ -15,9 +15,10 @@ from PIL import Image
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
-from dcp_desktop.engine import SYSTEM, Engine, ImageRows
+from dcp_desktop import template
+from dcp_desktop.engine import Engine, ImageRows
 from dcp_desktop.image import preprocess
-from dcp_desktop.mtmd_peer import MtmdEncoder
+from dcp_desktop.bench.mtmd_peer import MtmdEncoder
 from dcp_desktop.vision import VisionTower
 
 QUESTION = "What is in the image?"
@@ -40,7 +41,7 @@ def measured(tiny, square_image):
     with Engine(str(tiny.llm), n_ctx=2048) as engine:
         reference_logits, reference_embd = _reference(tiny.model, engine, pixels)
         our_logits = _logits_with(engine, ours)
-        with MtmdEncoder(str(tiny.mmproj), engine.llm) as mtmd:
+        with MtmdEncoder(str(tiny.mmproj), engine.llama) as mtmd:
             theirs = mtmd.encode(square_image)
         their_logits = _logits_with(engine, theirs)
     result = {
@@ -54,10 +55,19 @@ def measured(tiny, square_image):
     return result
 
 
+def _head_ids(engine: Engine) -> list[int]:
+    """`<s>{SYSTEM} USER:`, as the engine decodes it before a first turn's image."""
+    return (template.system_ids(engine.tokenize, engine.llama.bos)
+            + template.turn_head_ids(engine.tokenize, engine.llama.eos, after_answer=False))
+
+
+def _tail_ids(engine: Engine) -> list[int]:
+    return template.turn_tail_ids(engine.tokenize, QUESTION, has_images=True)
+
+
 def _reference(model, engine: Engine, pixels: np.ndarray):
     """HF logits for the next token, and HF's projected image features (576, n_embd)."""
-    ids = (engine.tokenize(SYSTEM, bos=True) + engine.tokenize("USER:")
-           + [model.config.image_token_index] * 576 + engine.tokenize("\n" + QUESTION + " ASSISTANT:"))
+    ids = (_head_ids(engine) + [model.config.image_token_index] * 576 + _tail_ids(engine))
     pixel_values = torch.from_numpy(pixels)[None]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids]), pixel_values=pixel_values).logits[0, -1]
@@ -108,7 +118,7 @@ def test_llamacpp_difference_is_explained_by_its_graph(tiny, square_image):
         hidden = tower.run_blocks(hidden, 0, cfg.n_blocks - 1).hidden  # one block short
         rows = hidden[1:577]  # "patch" rows 1..576: p1..p575 and the CLS token
         emulated = tower.mm2(torch.nn.functional.gelu(tower.mm0(rows), approximate="tanh")).numpy()
-    with Engine(str(tiny.llm), n_ctx=2048) as engine, MtmdEncoder(str(tiny.mmproj), engine.llm) as mtmd:
+    with Engine(str(tiny.llm), n_ctx=2048) as engine, MtmdEncoder(str(tiny.mmproj), engine.llama) as mtmd:
         theirs = mtmd.encode(square_image)
     np.testing.assert_allclose(emulated, theirs, atol=5e-3)
 
@@ -134,8 +144,7 @@ def _reference_with_grid_positions(model, engine: Engine, rows: np.ndarray, grid
     positions, "\\n" decoded at the cache's end and moved to the image's start + 576, the rest after it."""
     lm = model.model.language_model
     embed = lm.get_input_embeddings()
-    head = torch.tensor(engine.tokenize(SYSTEM, bos=True) + engine.tokenize("USER:"))
-    tail = torch.tensor(engine.tokenize("\n" + QUESTION + " ASSISTANT:"))
+    head, tail = torch.tensor(_head_ids(engine)), torch.tensor(_tail_ids(engine))
     n_head, k = len(head), len(rows)
     cache = DynamicCache(config=model.config.text_config)
     with torch.no_grad():
@@ -159,7 +168,7 @@ def test_grid_positions_match_transformers(tiny, square_image):
     pixels = preprocess(square_image, image_size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std)
     rows = tower.project(tower.encode(pixels).patches.numpy())[GRID_INDEX]  # (16, n_embd)
     with Engine(str(tiny.llm), n_ctx=2048) as engine:
-        assert engine.can_move_rows
+        assert engine.llama.can_shift
         reference = _reference_with_grid_positions(tiny.model, engine, rows, GRID_INDEX)
         engine.new_chat()
         engine.add_user_turn(QUESTION, [ImageRows(rows, GRID_INDEX, 576)])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import llama_cpp
 import numpy as np
 import pytest
 
@@ -25,22 +24,22 @@ def pipe(tiny):
         yield pipeline
 
 
-def _turn_tokens(pipe, question: str, first_turn: bool) -> int:
-    """Text tokens + image rows the last user turn added, counted from the tokenizer and the arrays."""
-    engine, images = pipe.engine, pipe.last_images
+def _turn_tokens(pipe, turn, question: str, first_turn: bool) -> int:
+    """Text tokens + image rows a user turn added, counted from the tokenizer and the arrays."""
+    engine, images = pipe.engine, turn.images
     head = len(engine.tokenize("USER:")) + (0 if first_turn else 1)  # + </s> closing the last answer
     tail = len(engine.tokenize(("\n" if images else " ") + question + " ASSISTANT:"))
     return head + sum(len(image.embeddings) for image in images) + tail
 
 
-def _spread(pipe) -> int:
-    """Positions the last turn's images span beyond their cells (576 - K each, at grid positions)."""
-    return sum(image.n_full - len(image.embeddings) for image in pipe.last_images)
+def _spread(turn) -> int:
+    """Positions a turn's images span beyond their cells (576 - K each, at grid positions)."""
+    return sum(image.n_full - len(image.embeddings) for image in turn.images)
 
 
 def _state_bytes(pipe) -> int:
     """Sequence 0's saved state in llama.cpp: grows with the cells it holds, not with positions."""
-    return llama_cpp.llama_state_seq_get_size(pipe.engine.llm._ctx.ctx, 0)
+    return pipe.engine.llama.state_bytes()
 
 
 @pytest.mark.parametrize("method,n_keep,acgr_layer,expected_rows", [
@@ -57,14 +56,16 @@ def test_llm_sees_exactly_k_image_rows(tiny, image_path, method, n_keep, acgr_la
             pipe.configure(replace(options, positions=positions))
             pipe.new_chat()
             before = pipe.engine.kv_positions()
-            answer = "".join(pipe.ask("What is in the image?", [image], SHORT))
-            assert isinstance(answer, str)
-            assert pipe.last_images[0].embeddings.shape == (expected_rows, pipe.engine.n_embd)
-            cells = _turn_tokens(pipe, "What is in the image?", True) + pipe.turn["decode_tokens"]
-            spread = _spread(pipe) if positions == "grid" else 0
+            turn = pipe.ask("What is in the image?", [image], SHORT)
+            answer = "".join(turn)
+            assert answer == turn.answer and turn.n_answer_tokens <= SHORT.max_tokens
+            assert turn.images[0].embeddings.shape == (expected_rows, pipe.engine.n_embd)
+            cells = _turn_tokens(pipe, turn, "What is in the image?", True) + turn.n_answer_tokens
+            assert turn.n_prompt_tokens + turn.n_answer_tokens == cells
+            spread = _spread(turn) if positions == "grid" else 0
             assert pipe.engine.kv_positions() - before == cells + spread
-            assert pipe.engine.n_past == pipe.engine.n_prefix + cells  # Llama.n_tokens counts cells
-            sizes[positions] = (_state_bytes(pipe), pipe.turn["decode_tokens"])
+            assert pipe.engine.n_past == pipe.engine.n_prefix + cells  # the engine counts cells
+            sizes[positions] = (_state_bytes(pipe), turn.n_answer_tokens)
         if sizes["grid"][1] == sizes["packed"][1]:  # same answer length: the same cells
             assert sizes["grid"][0] == sizes["packed"][0]
 
@@ -112,10 +113,11 @@ def test_follow_up_reuses_the_cache(pipe, image_path):
     "".join(pipe.ask("What is in the image?", [image], SHORT))
     assert pipe.engine.kv_positions() == pipe.engine.position  # llama.cpp agrees with our count
     after_first = pipe.engine.kv_positions()
-    "".join(pipe.ask("how many?", [], SHORT))
+    turn = pipe.ask("how many?", [], SHORT)
+    turn.text()
     # Only the follow-up's text and answer were decoded: the image rows were not sent again.
-    assert pipe.engine.kv_positions() - after_first == _turn_tokens(pipe, "how many?", False) \
-        + pipe.turn["decode_tokens"]
+    assert pipe.engine.kv_positions() - after_first == _turn_tokens(pipe, turn, "how many?", False) \
+        + turn.n_answer_tokens
 
 
 def test_several_images_in_one_conversation(pipe, image_path, tmp_path):
@@ -125,10 +127,11 @@ def test_several_images_in_one_conversation(pipe, image_path, tmp_path):
     pipe.new_chat()
     images = [pipe.encode_image(image_path), pipe.encode_image(second)]
     before = pipe.engine.kv_positions()
-    "".join(pipe.ask("compare them", images, SHORT))
-    assert len(pipe.last_images) == 2
-    assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, "compare them", True) \
-        + _spread(pipe) + pipe.turn["decode_tokens"]
+    turn = pipe.ask("compare them", images, SHORT)
+    turn.text()
+    assert len(turn.images) == 2
+    assert pipe.engine.kv_positions() - before == _turn_tokens(pipe, turn, "compare them", True) \
+        + _spread(turn) + turn.n_answer_tokens
     "".join(pipe.ask("and the third?", [pipe.encode_image(image_path)], SHORT))  # an image mid-chat
 
 
@@ -137,9 +140,10 @@ def test_generation_is_deterministic_and_streams(pipe, image_path):
     answers = []
     for _ in range(2):
         pipe.new_chat()
-        answers.append(list(pipe.ask("What is in the image?", [image], GenerationParams(max_tokens=6))))
+        turn = pipe.ask("What is in the image?", [image], GenerationParams(max_tokens=6))
+        answers.append(list(turn))
     assert answers[0] == answers[1]
-    assert pipe.turn["first_token"] is None or pipe.turn["first_token"] >= pipe.turn["prefill"]
+    assert turn.first_token_ms is None or turn.first_token_ms >= turn.prefill_ms
 
 
 def test_stopping_early_keeps_the_conversation_usable(pipe, image_path):

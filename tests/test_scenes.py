@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcp_desktop.eval import scenes
-from dcp_desktop.eval.scenes import (ANSWERS, COLOURS, SHAPES, TYPES, WORDS, image_seeds, make_scene,
+from dcp_desktop import scenes
+from dcp_desktop.scenes import (ANSWERS, COLOURS, SHAPES, TYPES, WORDS, image_seeds, make_scene,
                                      make_split, normalise_answer, questions_for, render_scene, tokenize)
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"]

@@ -2,8 +2,8 @@
 path, on the same GGUF pair, the same image and question, the same threads, in one run.
 
 Configurations (CONFIGS): `llamacpp-576` is llama.cpp's own path: libmtmd tokenizes the turn,
-preprocesses and encodes the image (ViT + projector in its own graph) and its helpers decode the
-chunks; the others are our Pipeline (PyTorch ViT, native pruning, projector on the K kept tokens,
+preprocesses and encodes the image (ViT + projector in its own graph), and the chunks are decoded as
+its helpers decode them (text tokens, then the image rows packed); the others are our Pipeline (PyTorch ViT, native pruning, projector on the K kept tokens,
 injection) with a pruning method and token budget.
 
 What one run measures, from the decoded image in memory to the first token:
@@ -20,7 +20,6 @@ apart as load_ms; its peak RSS is that process's), one warm-up run, then the med
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import os
@@ -34,19 +33,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
-from llama_cpp import mtmd_cpp as mtmd
 from PIL import Image
 from tqdm import tqdm
 
 # Nothing here imports torch: the llama.cpp worker must not pay for it (its peak RSS). Our path's
 # modules (pipeline, vision) and bench.prune.machine are imported where they are used.
-from ..engine import IMAGE_TOKEN, SYSTEM, Engine, GenerationParams, ImageRows
+from .. import template
+from ..engine import Engine, GenerationParams, ImageRows
 from ..errors import InputError
 from ..image import load_image
 from ..models import ModelFiles, gguf_value, open_gguf, validate
-from ..mtmd_peer import MtmdEncoder
+from .mtmd_peer import MtmdEncoder
 from .random_gguf import LLAVA_7B, build_pair, pair_bytes, pair_paths
 
 N_CTX = 4096
@@ -126,7 +124,7 @@ def _random_7b_files(folder: Path, progress: bool) -> tuple[Path, Path]:
 
 def _prompt_words() -> list[str]:
     """Whole-word pieces for the prompt, so it tokenizes to about as many tokens as with Llama's vocabulary."""
-    text = f"{SYSTEM} USER: ASSISTANT: {QUESTION}"
+    text = f"{template.SYSTEM} {template.USER}{template.ASSISTANT} {QUESTION}"
     return text.translate(str.maketrans(".,?:'", "     ")).split()
 
 
@@ -155,11 +153,6 @@ def kv_bytes_per_row(llm: Path) -> int:
 
 # --- one configuration, in its own process ---------------------------------------------------------
 
-def _check(status: int, call: str) -> None:
-    if status != 0:
-        raise RuntimeError(f"{call} failed (status {status})")
-
-
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -177,18 +170,10 @@ def _first_token_and_decode(engine, start: float) -> tuple[float, float]:
     return ttft_ms, DECODE_TOKENS / (time.perf_counter() - decode_start)
 
 
-def _kv_state_bytes(engine, embeddings) -> int:
-    """llama.cpp's own count for the image: how much sequence 0's saved state grows when the rows
-    are injected (their K and V, plus a few bytes of cell metadata per position)."""
-    engine.new_chat()
-    before = llama_cpp.llama_state_seq_get_size(engine.llm._ctx.ctx, 0)
-    engine.inject(ImageRows(embeddings))
-    return llama_cpp.llama_state_seq_get_size(engine.llm._ctx.ctx, 0) - before
-
-
 def _prompt_tokens(engine) -> dict[str, int]:
+    head = template.turn_head_ids(engine.tokenize, eos=-1, after_answer=False)
     return {"prefix": engine.n_prefix,
-            "turn_text": len(engine.tokenize("USER:")) + len(engine.tokenize(f"\n{QUESTION} ASSISTANT:"))}
+            "turn_text": len(head) + len(template.turn_tail_ids(engine.tokenize, QUESTION, has_images=True))}
 
 
 class _Ours:
@@ -227,88 +212,38 @@ class _Ours:
         self.pipeline.close()
 
 
-class _MtmdTurn(MtmdEncoder):
-    """llama.cpp's own image turn: what mtmd_helper_eval_chunks does (tokenize with the media marker,
-    then per chunk: text → decode; image → encode, decode), chunk by chunk so that encoding and
-    decoding are timed apart."""
-
-    def __init__(self, mmproj: str, engine: Engine, image: str, n_threads: int):
-        super().__init__(mmproj, engine.llm, n_threads=n_threads)
-        self.engine = engine
-        self.bitmap = mtmd.mtmd_helper_bitmap_init_from_file(self._ctx, image.encode(), False)
-        if not self.bitmap:
-            self.close()
-            raise RuntimeError(f"{image}: llama.cpp's mtmd could not read this image")
-
-    def close(self) -> None:
-        if getattr(self, "bitmap", None):
-            mtmd.mtmd_bitmap_free(self.bitmap)
-            self.bitmap = None
-        super().close()
-
-    def eval_turn(self, question: str) -> dict[str, float]:
-        """`USER:<image>\\n{question} ASSISTANT:` into the cache; {vision_ms, prefill_ms}."""
-        timings = {"vision_ms": 0.0, "prefill_ms": 0.0}
-        chunks = mtmd.mtmd_input_chunks_init()
-        try:
-            start = time.perf_counter()
-            self._tokenize(chunks, f"USER:{mtmd.mtmd_default_marker().decode()}\n{question} ASSISTANT:")
-            timings["vision_ms"] += _ms_since(start)  # the image is preprocessed here
-            n_past, n_chunks = self.engine.n_past, mtmd.mtmd_input_chunks_size(chunks)
-            for i in range(n_chunks):
-                n_past = self._eval_chunk(mtmd.mtmd_input_chunks_get(chunks, i), n_past, i == n_chunks - 1, timings)
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-        self.engine.llm.n_tokens = self.engine.position = n_past  # mtmd decodes packed: cells = positions
-        return timings
-
-    def _tokenize(self, chunks, prompt: str) -> None:
-        text = prompt.encode()
-        entry = mtmd.mtmd_input_text(text=text, text_len=len(text), add_special=False, parse_special=True)
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(self.bitmap)
-        _check(mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(entry), bitmaps, 1), "mtmd_tokenize")
-
-    def _eval_chunk(self, chunk, n_past: int, last: bool, timings: dict) -> int:
-        """Decode one chunk at n_past; returns the new n_past. Keeps Llama's input_ids in step, as Engine does."""
-        llm, lctx = self.engine.llm, self.engine.llm._ctx.ctx
-        new_n_past = llama_cpp.llama_pos(n_past)  # the text helper adds to it, the image helper sets it
-        if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-            start = time.perf_counter()
-            _check(mtmd.mtmd_encode_chunk(self._ctx, chunk), "mtmd_encode_chunk")
-            timings["vision_ms"] += _ms_since(start)
-            start = time.perf_counter()
-            _check(mtmd.mtmd_helper_decode_image_chunk(
-                self._ctx, lctx, chunk, mtmd.mtmd_get_output_embd(self._ctx), n_past, 0, llm.n_batch,
-                ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None),  # no callback
-                "mtmd_helper_decode_image_chunk")
-            timings["prefill_ms"] += _ms_since(start)
-            llm.input_ids[n_past:new_n_past.value] = IMAGE_TOKEN
-        else:
-            start = time.perf_counter()
-            _check(mtmd.mtmd_helper_eval_chunk_single(self._ctx, lctx, chunk, n_past, 0, llm.n_batch, last,
-                                                      ctypes.byref(new_n_past)), "mtmd_helper_eval_chunk_single")
-            timings["prefill_ms"] += _ms_since(start)
-            n_tokens = ctypes.c_size_t()
-            ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n_tokens))
-            llm.input_ids[n_past:new_n_past.value] = ids[:n_tokens.value]
-        return new_n_past.value
-
-
 class _LlamaCpp:
-    """llama.cpp's own path: our Engine for the LLM (same cached prefix, same greedy loop), mtmd for the image."""
+    """llama.cpp's own path: mtmd cuts the turn into chunks, preprocesses and encodes the image (ViT +
+    projector in its own graph); the chunks go into our Engine as mtmd_helper_eval_chunks would decode
+    them (text tokens, then the image rows packed), with the same cached prefix and greedy loop."""
 
     def __init__(self, spec: dict):
         start = time.perf_counter()
         info = validate(ModelFiles("bench", Path(spec["llm"]), Path(spec["mmproj"])))
         self.engine = Engine(spec["llm"], n_ctx=min(N_CTX, info.n_ctx_train), n_threads=spec["threads"])
-        self.turn = _MtmdTurn(spec["mmproj"], self.engine, spec["image"], spec["threads"])
+        self.mtmd = MtmdEncoder(spec["mmproj"], self.engine.llama, n_threads=spec["threads"])
+        self.bitmap = self.mtmd.read_image(spec["image"])
         self.load_ms = _ms_since(start)
         self.image = spec["image"]
 
     def run(self) -> dict:
         self.engine.new_chat()
+        timings = {"vision_ms": 0.0, "prefill_ms": 0.0}
         start = time.perf_counter()
-        timings = self.turn.eval_turn(QUESTION)
+        chunks = self.mtmd.turn(template.turn_text_with_marker(QUESTION, self.mtmd.marker),
+                                self.bitmap)
+        while True:
+            mark = time.perf_counter()
+            chunk = next(chunks, None)  # mtmd's time: tokenizing preprocesses the image, then encoding
+            timings["vision_ms"] += _ms_since(mark)
+            if chunk is None:
+                break
+            mark = time.perf_counter()
+            if isinstance(chunk, np.ndarray):
+                self.engine.inject(ImageRows(chunk))
+            else:
+                self.engine.decode_tokens(chunk)
+            timings["prefill_ms"] += _ms_since(mark)
         ttft_ms, decode_tps = _first_token_and_decode(self.engine, start)
         return {**timings, "prune_ms": None, "project_ms": None, "ttft_ms": ttft_ms,
                 "decode_tokens_per_s": decode_tps}
@@ -316,10 +251,11 @@ class _LlamaCpp:
     def image_embeddings(self):
         """(576, n_embd): mtmd's embeddings of the image (for the KV cross-check; not timed)."""
         with Image.open(self.image) as image:
-            return self.turn.encode(image)
+            return self.mtmd.encode(image)
 
     def close(self) -> None:
-        self.turn.close()
+        self.mtmd.free_image(self.bitmap)
+        self.mtmd.close()
         self.engine.close()
 
 
@@ -334,7 +270,7 @@ def measure(spec: dict) -> dict:
         for field in FIELDS:
             values = [run[field] for run in runs]
             result[field] = None if values[0] is None else statistics.median(values)
-        result["kv_bytes_image_llamacpp"] = _kv_state_bytes(session.engine, session.image_embeddings())
+        result["kv_bytes_image_llamacpp"] = session.engine.image_state_bytes(ImageRows(session.image_embeddings()))
         result["prompt_tokens"] = _prompt_tokens(session.engine)
     finally:
         session.close()

@@ -25,12 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import models
-from ..cli import whole_number
+from ..cli_options import budgets, whole_number
 from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
 from ..prune import DEFAULT_OPTIONS
 from . import harness
-from .cli import _budgets
 
 METHOD = "dcp"
 GRIDS = {  # option: values tried, the default among them
@@ -103,7 +102,7 @@ def run(argv: list[str]) -> dict:
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="demo", help="catalog name, LLM .gguf or folder (default demo)")
     parser.add_argument("--n", type=whole_number, default=100, help="validation images (default 100, 4 questions each)")
-    parser.add_argument("--tokens", type=_budgets, default=[16, 32], help="budgets to optimise (default 16,32)")
+    parser.add_argument("--tokens", type=budgets, default=[16, 32], help="budgets to optimise (default 16,32)")
     parser.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write every trial and the choice as JSON")
     args = parser.parse_args(argv)

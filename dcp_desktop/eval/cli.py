@@ -17,12 +17,11 @@ import sys
 
 from tqdm import tqdm
 
-from .. import models
-from ..cli import add_positions_argument, parse_prune_options, whole_number  # dcp-chat's: one definition of each
+from .. import cli_options, models
+from ..cli_options import whole_number
 from ..engine import GenerationParams
 from ..errors import InputError, run_command
-from ..pipeline import Pipeline, PipelineOptions
-from ..prune import METHODS
+from ..pipeline import Pipeline
 from . import harness
 
 DEFAULT_METHODS = ("dcp", "visionzip", "divprune", "cdpruner", "fastervlm", "pool", "random")
@@ -38,25 +37,6 @@ examples:
 """
 
 
-def _methods(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(METHODS)}")
-    return names
-
-
-def _budgets(text: str) -> list[int]:
-    try:
-        budgets = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, e.g. 64,16; got '{text}'") from None
-    if not budgets or min(budgets) < 1:
-        raise argparse.ArgumentTypeError(f"token counts must be 1..576, got '{text}'")
-    return budgets
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcp-eval", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,31 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--n", type=whole_number, default=None,
                       help=f"images (default {DEFAULT_IMAGES}; with --data: all of them)")
     data.add_argument("--questions-per-image", type=whole_number, default=4, help="(default 4)")
-    data.add_argument("--seed", type=int, default=None, help="another image set of the split (default: the standard set)")
+    data.add_argument("--seed", dest="image_set", type=int, default=None,
+                      help="another image set of the split (default: the standard set)")
     data.add_argument("--data", default=None, metavar="FILE.jsonl",
                       help="your own questions instead: {\"image\", \"question\", \"answer\"} per line, "
                            "image paths relative to the file; answers matched POPE/GQA-style")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", "-m", default="demo", help="catalog name, LLM .gguf or folder (default demo)")
-    model.add_argument("--mmproj", default=None, help="the vision projector .gguf (when --model is a file)")
+    cli_options.add_model_options(parser, default="demo")
     prune = parser.add_argument_group("pruning")
-    prune.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
+    prune.add_argument("--methods", type=cli_options.method_list, default=list(DEFAULT_METHODS),
                        help=f"comma-separated (default {','.join(DEFAULT_METHODS)}); 'full' always runs")
-    prune.add_argument("--tokens", type=_budgets, default=list(DEFAULT_BUDGETS),
+    prune.add_argument("--tokens", dest="budgets", type=cli_options.budgets, default=list(DEFAULT_BUDGETS),
                        help=f"budgets (default {','.join(map(str, DEFAULT_BUDGETS))}); 576 is the 'full' run")
-    prune.add_argument("--acgr-layer", type=whole_number, default=None, metavar="L",
-                       help="prune inside the vision encoder after block L (default off)")
-    prune.add_argument("--acgr-anchors", type=whole_number, default=None, metavar="M",
-                       help="tokens kept inside the encoder with --acgr-layer (default 4 x budget)")
-    add_positions_argument(prune)
-    prune.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
-                       help="set a pruning knob, e.g. tau=0.3 (repeatable)")
-    run = parser.add_argument_group("hardware")
-    run.add_argument("--max-tokens", type=whole_number, default=harness.SHORT_ANSWER.max_tokens,
-                     help=f"answer length limit (default {harness.SHORT_ANSWER.max_tokens}; greedy)")
-    run.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
-    run.add_argument("--n-gpu-layers", type=int, default=0, help="LLM layers on the GPU (CUDA/Metal builds)")
-    run.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
+    cli_options.add_pruning_options(prune, single_budget=False)
+    prune.add_argument("--max-tokens", type=whole_number, default=harness.SHORT_ANSWER.max_tokens,
+                       help=f"answer length limit (default {harness.SHORT_ANSWER.max_tokens}; greedy)")
+    cli_options.add_hardware_options(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     out.add_argument("--plot", default=None, metavar="FILE.png", help="accuracy vs tokens per method (matplotlib)")
@@ -104,7 +74,7 @@ def _benchmark(args) -> harness.Benchmark:
     if args.data:
         return harness.read_jsonl(args.data, args.n)
     n_images = DEFAULT_IMAGES if args.n is None else args.n
-    return harness.scenes_benchmark(args.split, n_images, args.questions_per_image, args.seed)
+    return harness.scenes_benchmark(args.split, n_images, args.questions_per_image, args.image_set)
 
 
 def run(argv: list[str]) -> dict:
@@ -112,11 +82,9 @@ def run(argv: list[str]) -> dict:
     if args.plot:
         harness.pyplot()  # a missing matplotlib fails now, not after the whole run
     benchmark = _benchmark(args)
-    options = PipelineOptions(acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors, positions=args.positions,
-                              prune_options=parse_prune_options(args.prune_option), n_threads=args.threads,
-                              n_gpu_layers=args.n_gpu_layers, device=args.device)
+    options = cli_options.options_from_args(args)
     with Pipeline(models.resolve(args.model, args.mmproj), options) as pipe:
-        todo = harness.cells(args.methods, args.tokens, pipe.vision.cfg.n_patches)
+        todo = harness.cells(args.methods, args.budgets, pipe.vision.cfg.n_patches)
         with tqdm(total=len(todo) * len(benchmark.examples), unit="answer", desc="dcp-eval",
                   disable=args.quiet, file=sys.stderr) as bar:
             report = harness.evaluate(pipe, benchmark, todo, params=GenerationParams(max_tokens=args.max_tokens),

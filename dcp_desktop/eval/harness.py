@@ -25,7 +25,7 @@ from PIL import Image
 from ..engine import GenerationParams
 from ..errors import InputError
 from ..pipeline import EncodedImage, Pipeline, PipelineOptions, check_budget
-from . import scenes
+from .. import scenes
 
 FULL = "full"
 STAGES = ("prune", "project", "prefill", "answer")  # per question; "vision" is per image
@@ -185,8 +185,7 @@ def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: Ge
     first call, which would otherwise land in the first cell's times."""
     pipe.configure(cell_options(base, Cell(FULL, pipe.vision.cfg.n_patches)))
     pipe.new_chat()
-    for _ in pipe.ask(example.question, [pipe.encode_image(example.load())], params):
-        pass
+    pipe.ask(example.question, [pipe.encode_image(example.load())], params).text()
 
 
 def _by_image(examples: list[Example]) -> list[list[Example]]:
@@ -207,10 +206,11 @@ def _encoded(pipe: Pipeline, image: Image.Image | Path, encodings: dict) -> Enco
 def _answer(pipe: Pipeline, encoded: EncodedImage, example: Example, cell: Cell, image: int,
             normalise: Callable[[str], str], params: GenerationParams) -> Outcome:
     pipe.new_chat()
-    answer = "".join(pipe.ask(example.question, [encoded], params))
-    tokens, turn = pipe.last_images[0], pipe.turn
+    turn = pipe.ask(example.question, [encoded], params)
+    answer = turn.text()
+    tokens = turn.images[0]
     times = {"prune": tokens.timings_ms["prune"], "project": tokens.timings_ms["project"],
-             "prefill": turn["prefill"], "answer": turn["total"] - turn["prefill"]}
+             "prefill": turn.prefill_ms, "answer": turn.total_ms - turn.prefill_ms}
     return Outcome(cell, image, example.type, normalise(answer) == normalise(example.answer),
                    tokens.selection.kappa, times)
 

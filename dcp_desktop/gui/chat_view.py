@@ -29,18 +29,16 @@ QTextBrowser { background: transparent; border: none; }
 
 
 def format_stats(stats: dict | None) -> str:
-    """One line under an answer: speed, image tokens and the estimated prefill saving."""
+    """One line under an answer: speed and the image tokens the model saw."""
     if not stats:
         return ""
     parts = []
     if stats.get("first_token_ms") is not None:
-        parts.append(f"first token {stats['first_token_ms']:.0f} ms")
+        parts.append(f"first token {_duration(stats['first_token_ms'])}")
     if stats.get("tokens_per_s"):
         parts.append(f"{stats['tokens_per_s']:.1f} tokens/s")
     if stats.get("image_tokens"):
         parts.append(f"{stats['image_tokens']} of {stats['image_tokens_full']} image tokens ({stats['method']})")
-    if stats.get("saved_estimate_ms") is not None:
-        parts.append(f"~{_duration(stats['saved_estimate_ms'])} prefill saved (estimated)")
     if stats.get("stopped"):
         parts.append("stopped")
     return " · ".join(parts)

@@ -8,7 +8,7 @@ Asking again in a chat reopened from the sidebar re-sends all of its images with
 (the model's memory of a chat does not survive a restart); earlier answers stay on screen only.
 
 On a first start (no model picked yet) the window loads the model bundled with the package, so the app
-works with no download; that model knows only the synthetic shapes of dcp_desktop.eval.scenes, and the
+works with no download; that model knows only the synthetic shapes of dcp_desktop.scenes, and the
 empty chat offers a sample scene to ask about. If the install lost its files, the empty chat says so
 under "Pick a model to start" (a notice would replace that page).
 """
@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QListView, QMai
 
 from .. import models
 from ..engine import GenerationParams
-from ..eval import scenes
+from .. import scenes
 from ..pipeline import PipelineOptions
 from .chat_model import CHAT_ID_ROLE, ChatListModel, ChatModel, ImageRef, Message
 from .chat_view import ChatView

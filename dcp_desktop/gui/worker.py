@@ -5,11 +5,11 @@ and the encoded-image cache. The GUI thread talks to it only through EngineClien
 signals are queued to the worker's slots, and hears back through the worker's signals (queued to
 the GUI thread). The one thing shared is `cancel`, a threading.Event the GUI sets to stop an answer.
 
-Method and token budget are fixed per Pipeline, so changing them rebuilds it at the next image or
-question (the tiny test model reloads in ~0.1 s; a real 7B reloads from the OS file cache, a few
-seconds). A rebuild, a model change or a different chat starts the model's conversation over: the
-next question then re-sends every image of the chat, pruned with the settings of that moment.
-Earlier answers stay on screen but the model does not re-read them.
+A new method or token budget applies to the loaded Pipeline without reloading the models
+(Pipeline.configure); new model files or hardware settings load the models again. Either, or a
+different chat, starts the model's conversation over: the next question then re-sends every image of
+the chat, pruned with the settings of that moment. Earlier answers stay on screen but the model does
+not re-read them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from .. import models
 from ..engine import GenerationParams
 from ..errors import InputError
 from ..image import load_image
-from ..pipeline import EncodedImage, ImageTokens, Pipeline, PipelineOptions
+from ..pipeline import EncodedImage, ImageTokens, Pipeline, PipelineOptions, Turn
 from .overlay import Overlay
 
 THUMBNAIL_PX = 512  # stored thumbnails: sharp at the chat's tile size on high-DPI screens
@@ -85,12 +84,6 @@ def describe(error: BaseException) -> str:
         return str(error)
     first_line = (str(error).strip().splitlines() or [""])[0]
     return f"Unexpected error ({type(error).__name__}: {first_line}). Details are in the terminal output."
-
-
-def full_prefill_estimate_ms(prefill_ms: float, text_tokens: int, image_rows: int, full_rows: int) -> float:
-    """Prefill time had the images gone in with all their patches: the measured prefill scaled by
-    the rows it would have had (linear in rows; labelled an estimate wherever it is shown)."""
-    return prefill_ms * (text_tokens + full_rows) / max(1, text_tokens + image_rows)
 
 
 def _thumbnail_png(image) -> bytes:
@@ -220,66 +213,36 @@ class EngineWorker(QObject):
             pipe.new_chat()
             self._chat_id, self._sent = request.chat_id, set()
         new = [(sha, path) for sha, path in request.images if sha not in self._sent]
-        clock = _TurnClock(time.perf_counter(), pipe.engine.n_past)
         encoded = [self._encoded_image(pipe, sha, path) for sha, path in new]
-        stopped = self._stream(pipe, pipe.ask(request.question, encoded, request.params), clock)
+        turn = pipe.ask(request.question, encoded, request.params)
+        stopped = self._stream(turn)
         self._sent.update(sha for sha, _ in new)
         background = tuple(int(m * 255) for m in pipe.vision.cfg.image_mean)  # the padding preprocess uses
-        overlays = {sha: _overlay(image, background).to_dict() for (sha, _), image in zip(new, pipe.last_images)}
-        return Answer(answer_stats(pipe, clock, stopped), overlays, stopped)
+        overlays = {sha: _overlay(image, background).to_dict() for (sha, _), image in zip(new, turn.images)}
+        return Answer(answer_stats(pipe.options.method, turn, stopped), overlays, stopped)
 
-    def _stream(self, pipe: Pipeline, stream, clock: _TurnClock) -> bool:
+    def _stream(self, turn: Turn) -> bool:
         """Emit the answer piece by piece; True if the user stopped it."""
         try:
-            for piece in stream:
-                clock.piece()
+            for piece in turn:
                 self.token.emit(piece)
                 if self.cancel.is_set():
                     return True
             return False
         finally:
-            stream.close()  # Pipeline: closing early keeps every token so far; the chat goes on
-            clock.end(pipe.engine.n_past)
+            turn.close()  # closing early keeps every token so far; the chat goes on
 
 
-@dataclass
-class _TurnClock:
-    """Times and cache sizes (text tokens + image rows) around one streamed answer."""
-
-    start: float
-    n_before: int
-    first: float | None = None  # when the first piece arrived
-    stop: float = 0.0
-    n_end: int = 0
-
-    def piece(self) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-
-    def end(self, n_past: int) -> None:
-        self.stop, self.n_end = time.perf_counter(), n_past
-
-
-def answer_stats(pipe: Pipeline, clock: _TurnClock, stopped: bool) -> dict:
-    """What the window shows under an answer. Times in ms; the saving is an estimate (see
-    full_prefill_estimate_ms)."""
-    images: list[ImageTokens] = pipe.last_images
-    image_rows = sum(len(image.embeddings) for image in images)
-    full_rows = sum(image.n_full for image in images)
-    generated = pipe.turn["decode_tokens"]  # counted by the pipeline: a first token may give no piece
-    prompt_rows = clock.n_end - clock.n_before - generated
-    text_tokens = prompt_rows - image_rows
-    prefill = pipe.turn.get("prefill") or 0.0
-    decode_s = clock.stop - clock.first if clock.first is not None else 0.0
-    stats = {"method": pipe.options.method, "image_tokens": image_rows, "image_tokens_full": full_rows,
-             "text_tokens": text_tokens, "generated_tokens": generated, "prefill_ms": prefill,
-             "first_token_ms": None if clock.first is None else (clock.first - clock.start) * 1000.0,
-             "tokens_per_s": (generated - 1) / decode_s if generated > 1 and decode_s > 0 else None,
-             "stopped": stopped}
-    if images and full_rows > image_rows:
-        estimate = full_prefill_estimate_ms(prefill, text_tokens, image_rows, full_rows)
-        stats["saved_estimate_ms"] = estimate - prefill
-    return stats
+def answer_stats(method: str, turn: Turn, stopped: bool) -> dict:
+    """What the window shows under an answer (times in ms). The first token counts from the start of
+    pruning the turn's images: their vision pass ran when they were attached."""
+    prepare_ms = sum(image.timings_ms["prune"] + image.timings_ms["project"] for image in turn.images)
+    return {"method": method, "image_tokens": turn.n_image_tokens,
+            "image_tokens_full": sum(image.n_full for image in turn.images),
+            "text_tokens": turn.n_text_tokens, "generated_tokens": turn.n_answer_tokens,
+            "prefill_ms": turn.prefill_ms,
+            "first_token_ms": None if turn.first_token_ms is None else prepare_ms + turn.first_token_ms,
+            "tokens_per_s": turn.decode_tokens_per_s, "stopped": stopped}
 
 
 def _overlay(image: ImageTokens, background: tuple[int, int, int]) -> Overlay:

@@ -1,5 +1,5 @@
 """Train the bundled demo model: LLaVA-1.5's architecture at small width, from random weights, on the
-synthetic scenes (dcp_desktop.eval.scenes), then export it to the GGUF pair dcp-desktop runs.
+synthetic scenes (dcp_desktop.scenes), then export it to the GGUF pair dcp-desktop runs.
 
     python models/demo/train.py [--preset demo|smoke] [--steps N ...any Config field...]
                                 [--device cpu|cuda] [--resume] [--out models/demo/out]
@@ -7,7 +7,7 @@ synthetic scenes (dcp_desktop.eval.scenes), then export it to the GGUF pair dcp-
 LLaVA-1.5 as it matters here: transformers `LlavaForConditionalGeneration`, a CLIP ViT at 336 px with
 14 px patches (576 patches + CLS, quick-GELU; features from the second-to-last layer without CLS), the
 Linear-GELU-Linear projector and a llama-architecture LLM. The prompt is exactly the one the engine
-builds (Vicuna-v1 template, engine.SYSTEM) and the token ids are exactly llama.cpp's: `SpmTokenizer` is
+builds (Vicuna-v1, dcp_desktop.template) and the token ids are exactly llama.cpp's: `SpmTokenizer` is
 llama.cpp's SentencePiece merge in Python, checked against llama.cpp on an exported file before
 training starts. Small: the widths, the depths and the vocabulary (the benchmark's words as SentencePiece
 pieces, export.spm_vocab).
@@ -40,8 +40,7 @@ import transformers
 from transformers.cache_utils import DynamicCache
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from dcp_desktop.engine import SYSTEM
-from dcp_desktop.eval import scenes
+from dcp_desktop import scenes, template
 from dcp_desktop.export import Vocab, export_llava, read_llava_state, spm_vocab
 from dcp_desktop.image import preprocess
 
@@ -98,7 +97,7 @@ def demo_vocab() -> Vocab:
     questions start), the system line's words and the template's USER / ASSISTANT. One spare piece at the
     end stands for transformers' <image> token; the size is a multiple of 64."""
     words = set(scenes.WORDS) | {w.capitalize() for w in scenes.WORDS}
-    words |= set(re.findall(r"[A-Za-z]+", SYSTEM)) | {"USER", "ASSISTANT"}
+    words |= template.template_words()
     n_pieces = len(spm_vocab(sorted(words)).tokens) + 1
     return spm_vocab(sorted(words), size=64 * math.ceil(n_pieces / 64))
 
@@ -131,16 +130,17 @@ class SpmTokenizer:
             return [self.ids[symbol]]
         return [self.ids[f"<0x{byte:02X}>"] for byte in symbol.encode("utf-8")]
 
-    # The engine's template, piece by piece (Engine.__init__ and Engine.add_user_turn).
+    # The engine's template, piece by piece (dcp_desktop.template).
     def prefix(self) -> list[int]:
         """`<s>{SYSTEM} USER:`: what comes before the image rows, the same for every question."""
-        return [self.bos] + self.encode(SYSTEM) + self.encode("USER:")
+        return template.system_ids(self.encode, self.bos) + template.turn_head_ids(self.encode, self.eos,
+                                                                                  after_answer=False)
 
     def question(self, question: str) -> list[int]:
-        return self.encode("\n" + question + " ASSISTANT:")
+        return template.turn_tail_ids(self.encode, question, has_images=True)
 
     def answer(self, answer: str) -> list[int]:
-        return self.encode(answer) + [self.eos]
+        return template.answer_ids(self.encode, answer, self.eos)
 
 
 def check_tokenizer(tokenizer: SpmTokenizer, llm_gguf: Path, texts: list[str]) -> None:
@@ -159,7 +159,8 @@ def check_tokenizer(tokenizer: SpmTokenizer, llm_gguf: Path, texts: list[str]) -
 
 def template_texts(items: list[scenes.Question]) -> list[str]:
     """Every text the engine tokenises for these items, in the engine's pieces."""
-    return [SYSTEM, "USER:", *sorted(scenes.ANSWERS)] + ["\n" + item.question + " ASSISTANT:" for item in items]
+    return [template.SYSTEM, template.USER, *sorted(scenes.ANSWERS)] + [
+        template.turn_tail_text(item.question, has_images=True) for item in items]
 
 
 # ---- model ------------------------------------------------------------------------------------------

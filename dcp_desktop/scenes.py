@@ -21,7 +21,7 @@ SPLIT_BASE[name] + k * SET_STRIDE + i, so the splits never share an image (train
 fixes the layout, the pixels and the questions (three independent NumPy streams), so an Item stores the
 seed and re-renders its image on demand (`item.image()`, a few ms).
 
-CLI, for eyeballing: python -m dcp_desktop.eval.scenes --split test --n 8 --out DIR
+CLI, for eyeballing: python -m dcp_desktop.scenes --split test --n 8 --out DIR
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ def _stream(seed: int, stream: int) -> np.random.Generator:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dcp_desktop.eval.scenes",
+    parser = argparse.ArgumentParser(prog="python -m dcp_desktop.scenes",
                                      description="Write a split's images (PNG) and questions (JSONL) to look at.")
     parser.add_argument("--split", choices=list(SPLIT_BASE), default="test")
     parser.add_argument("--n", type=int, default=8, help="number of images (default 8)")

@@ -1,0 +1,150 @@
+"""The llama.cpp model and context: the one owner of both native handles.
+
+A thin layer over llama-cpp-python's low-level C API (ctypes), like its own `_internals.py`: load the
+model, make one context, decode a batch of token ids or embedding rows at the positions given, read the
+last logits, tokenize, and edit sequence 0's memory. Conversation logic lives in engine.py; nothing else
+in the package calls llama.cpp's context functions. Not thread-safe. Close it, or use `with`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from .errors import InputError
+
+_verbose = False  # llama.cpp's log goes to stderr only when a context asked for it
+
+
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, user_data) -> None:
+    if _verbose:
+        os.write(2, text)
+
+
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
+llama_cpp.llama_backend_init()
+
+
+class LlamaContext:
+    """One model file, one context, sequence 0. Attributes are read-only facts of the loaded model."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, verbose: bool = False):
+        global _verbose
+        _verbose = verbose
+        self.model = self.ctx = None
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise InputError(f"{path}: llama.cpp could not load this model (run with --verbose to see why)")
+        cores = os.cpu_count() or 1
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = min(n_ctx, n_batch)
+        params.n_threads = n_threads or max(cores // 2, 1)  # decoding one token is memory-bound
+        params.n_threads_batch = n_threads or cores
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            self.close()
+            raise InputError(f"{path}: llama.cpp could not make a context of {n_ctx} tokens; try a smaller one")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx(self.ctx))  # llama.cpp may round the context up
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.can_shift = bool(llama_cpp.llama_memory_can_shift(self.memory))
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+        self.ctx = self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- text ----------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
+        """Token ids of `text` (special tokens are not parsed: a user cannot type `</s>`)."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 2
+        ids = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), ids, capacity, bos, False)
+        if n < 0:  # never for SentencePiece (at most one token per byte), but the API allows it
+            raise RuntimeError(f"llama_tokenize needs {-n} tokens for {len(data)} bytes")
+        return list(ids[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes token `token` stands for (a part of a UTF-8 character for byte tokens)."""
+        buffer = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:n]
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(self, positions: np.ndarray, *, tokens: np.ndarray | None = None,
+               rows: np.ndarray | None = None) -> None:
+        """One llama_decode into sequence 0: token ids (n,) or embedding rows (n, n_embd) float32, at
+        `positions` (n,); logits are kept for the last item only. At most n_batch items."""
+        n = len(positions)
+        batch = llama_cpp.llama_batch_init(n, self.n_embd if rows is not None else 0, 1)
+        try:
+            if rows is not None:
+                rows = np.ascontiguousarray(rows, dtype=np.float32)
+                ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+            for i in range(n):
+                if tokens is not None:
+                    batch.token[i] = int(tokens[i])
+                batch.pos[i] = int(positions[i])
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == n - 1
+            batch.n_tokens = n
+            status = llama_cpp.llama_decode(self.ctx, batch)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        if status != 0:
+            what = "embedding rows" if rows is not None else "tokens"
+            raise RuntimeError(f"llama_decode failed on {n} {what} at position {int(positions[0])} (status {status})")
+
+    def logits(self) -> np.ndarray:
+        """(n_vocab,) float32 logits of the last decoded item (a copy)."""
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    # --- sequence 0's memory -------------------------------------------------------------------
+
+    def remove(self, p0: int, p1: int = -1) -> None:
+        """Forget the cells at positions [p0, p1) (p1 = -1: to the end)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, 0, p0, p1)
+
+    def shift(self, p0: int, p1: int, delta: int) -> None:
+        """Move the cells at positions [p0, p1) by delta positions (a K-shift of their keys)."""
+        llama_cpp.llama_memory_seq_add(self.memory, 0, p0, p1, delta)
+
+    def position_range(self) -> tuple[int, int]:
+        """(lowest, highest) position in sequence 0; (-1, -1) when it is empty."""
+        return (llama_cpp.llama_memory_seq_pos_min(self.memory, 0),
+                llama_cpp.llama_memory_seq_pos_max(self.memory, 0))
+
+    def state_bytes(self) -> int:
+        """Size of sequence 0's saved state: its cells' keys and values plus a little metadata."""
+        return llama_cpp.llama_state_seq_get_size(self.ctx, 0)

@@ -31,7 +31,7 @@ from .vision import EncoderState, VisionTower, pick_dtype
 DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
 POSITIONS = ("grid", "packed")  # where kept image rows sit in the LLM's sequence (see engine.py)
-ANCHORS_PER_TOKEN = 4  # in-encoder ACGR keeps M = 4·K anchors by default (M > K, see DESIGN.md)
+ANCHORS_PER_TOKEN = 4  # in-encoder ACGR keeps M = 4·K anchors by default (M > K: the final pruning still chooses)
 
 
 @dataclass(frozen=True)

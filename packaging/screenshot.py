@@ -56,15 +56,15 @@ def wait_until(app, condition, timeout_s: float = 120.0) -> None:
 
 def converse(app, window, image: Path, questions: list[str]) -> None:
     """Load, attach, ask each question and wait for each answer, as a user would."""
-    wait_until(app, lambda: window.model_name is not None or window.model_files is None)
-    if window.model_name is None:
-        raise SystemExit("the model did not load: " + " | ".join(m.text for m in window.chat_model.messages()))
-    window.attach([str(image)])
-    wait_until(app, lambda: all(a.prepared for a in window.attachments.values()))
+    wait_until(app, lambda: window.controller.model_name is not None or window.controller.model_files is None)
+    if window.controller.model_name is None:
+        raise SystemExit("the model did not load: " + " | ".join(m.text for m in window.controller.chat_model.messages()))
+    window.controller.attach([str(image)])
+    wait_until(app, lambda: all(a.prepared for a in window.controller.attachments.values()))
     for question in questions:
         window.composer.input.setPlainText(question)
         window.send()
-        wait_until(app, lambda: window.answering is None)
+        wait_until(app, lambda: window.controller.answering is None)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcp_desktop.bench import main
+from dcp_desktop.bench.cli import main
 from dcp_desktop.bench import prune as prune_bench
 from dcp_desktop.bench import torch_dcp
 from dcp_desktop.prune import DEFAULT_OPTIONS, select

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-from dcp_desktop.bench import main
+from dcp_desktop.bench.cli import main
 from dcp_desktop.bench import random_gguf as rg
 from dcp_desktop.bench import ttft
 from dcp_desktop import template

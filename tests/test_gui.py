@@ -81,8 +81,8 @@ def make_window(qtbot, home):
 def window(make_window, qtbot, tiny) -> MainWindow:
     """A window with the tiny model loaded."""
     window = make_window()
-    window.load_model(str(tiny.dir))
-    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    window.controller.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.controller.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
     return window
 
 
@@ -92,48 +92,48 @@ class TokenRecorder(QObject):
     def __init__(self, window: MainWindow):
         super().__init__()
         self.window, self.pieces, self.shown = window, [], []
-        window.engine.worker.token.connect(self.record)
+        window.controller.engine.worker.token.connect(self.record)
 
     @Slot(str)
     def record(self, piece: str) -> None:
         self.pieces.append(piece)
-        self.shown.append(len(self.window.chat_model.message(self.window.answering.row).text))
+        self.shown.append(len(self.window.controller.chat_model.message(self.window.controller.answering.row).text))
 
 
 def slow_down(window: MainWindow, seconds_per_token: float = 0.005) -> None:
     """Make the tiny model answer at a laptop's pace (it streams ~5000 tokens/s, fast enough to finish
     before the test can press Stop): a direct connection sleeps in the worker thread after each token."""
-    window.engine.worker.token.connect(lambda _piece: time.sleep(seconds_per_token),
+    window.controller.engine.worker.token.connect(lambda _piece: time.sleep(seconds_per_token),
                                        Qt.ConnectionType.DirectConnection)
 
 
 def attach_and_wait(qtbot, window: MainWindow, *paths) -> None:
-    window.attach([str(path) for path in paths])
-    qtbot.waitUntil(lambda: bool(window.attachments) and all(a.prepared for a in window.attachments.values()))
+    window.controller.attach([str(path) for path in paths])
+    qtbot.waitUntil(lambda: bool(window.controller.attachments) and all(a.prepared for a in window.controller.attachments.values()))
 
 
 def ask(qtbot, window: MainWindow, question: str) -> dict:
     """Type the question, press Enter, wait for the whole answer; returns its stats."""
     qtbot.keyClicks(window.composer.input, question)
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
-    assert window.answering is not None, "Enter did not send the question"
-    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
-    return window.chat_model.message(window.chat_model.last_row("assistant")).stats
+    assert window.controller.answering is not None, "Enter did not send the question"
+    qtbot.waitUntil(lambda: window.controller.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    return window.controller.chat_model.message(window.controller.chat_model.last_row("assistant")).stats
 
 
 def notices(window: MainWindow) -> list[str]:
-    return [m.text for m in window.chat_model.messages() if m.role == "notice"]
+    return [m.text for m in window.controller.chat_model.messages() if m.role == "notice"]
 
 
 def test_conversation_streams_follows_up_and_survives_a_restart(qtbot, window, make_window, image_path):
     attach_and_wait(qtbot, window, image_path)
     qtbot.keyClicks(window.composer.input, "first line")
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
-    assert window.composer.input.toPlainText() == "first line\n" and window.answering is None  # Shift+Enter
+    assert window.composer.input.toPlainText() == "first line\n" and window.controller.answering is None  # Shift+Enter
     window.composer.input.clear()
     recorder = TokenRecorder(window)
     stats = ask(qtbot, window, "What is in the image?")
-    answer = window.chat_model.message(1)
+    answer = window.controller.chat_model.message(1)
     # The bubble grew by one piece per token signal, and ends as their concatenation. (A token
     # holding part of a UTF-8 character gives no piece: the random model makes such tokens.)
     assert 1 < len(recorder.pieces) <= stats["generated_tokens"] == 24
@@ -145,54 +145,54 @@ def test_conversation_streams_follows_up_and_survives_a_restart(qtbot, window, m
 
     follow_up = ask(qtbot, window, "Is there a red circle?")
     assert follow_up["image_tokens"] == 0  # the image is already in the model's cache
-    chat_id = window.chat_id
+    chat_id = window.controller.chat_id
     window.close()
 
     restarted = make_window()
-    assert [chat.id for chat in restarted.store.chats()] == [chat_id]
-    restarted.open_chat(chat_id)
-    roles = [m.role for m in restarted.chat_model.messages()]
+    assert [chat.id for chat in restarted.controller.store.chats()] == [chat_id]
+    restarted.controller.open_chat(chat_id)
+    roles = [m.role for m in restarted.controller.chat_model.messages()]
     assert roles == ["user", "assistant", "user", "assistant"]
-    assert restarted.chat_model.message(1).text == answer.text
-    assert restarted.chat_model.message(0).images[0].selection["indices"]  # the overlay survives too
-    restarted.load_model(window.model_files[0])
-    qtbot.waitUntil(lambda: restarted.model_name is not None)
+    assert restarted.controller.chat_model.message(1).text == answer.text
+    assert restarted.controller.chat_model.message(0).images[0].selection["indices"]  # the overlay survives too
+    restarted.controller.load_model(window.controller.model_files[0])
+    qtbot.waitUntil(lambda: restarted.controller.model_name is not None)
     assert ask(qtbot, restarted, "And now?")["image_tokens"] == 16  # a reopened chat re-sends its images
 
 
 def test_stop_ends_the_answer_and_the_chat_goes_on(qtbot, make_window, tiny, image_path):
     window = make_window(max_tokens=8192)
-    window.load_model(str(tiny.dir))
-    qtbot.waitUntil(lambda: window.model_name is not None)
+    window.controller.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.controller.model_name is not None)
     slow_down(window)
     attach_and_wait(qtbot, window, image_path)
     qtbot.keyClicks(window.composer.input, "Describe everything")
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: window.answering is not None and bool(window.answering.text),
+    qtbot.waitUntil(lambda: window.controller.answering is not None and bool(window.controller.answering.text),
                     timeout=ANSWER_TIMEOUT_MS)
     window.activateWindow()
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Escape)  # the Stop shortcut
-    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
-    stats = window.chat_model.message(1).stats
+    qtbot.waitUntil(lambda: window.controller.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    stats = window.controller.chat_model.message(1).stats
     assert stats["stopped"] and 0 < stats["generated_tokens"] < 1500  # the context allows ~1900
     qtbot.waitUntil(lambda: "stopped" in window.chat_view.bubbles[1].stats.text())
     window.controls.max_tokens.setValue(8)
     assert not ask(qtbot, window, "And the colours?")["stopped"]
-    assert [m.role for m in window.store.messages(window.chat_id)] == ["user", "assistant"] * 2
+    assert [m.role for m in window.controller.store.messages(window.controller.chat_id)] == ["user", "assistant"] * 2
 
 
 def test_closing_mid_answer_is_clean(qtbot, make_window, tiny, home):
     window = make_window(max_tokens=8192)
-    window.load_model(str(tiny.dir))
-    qtbot.waitUntil(lambda: window.model_name is not None)
+    window.controller.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.controller.model_name is not None)
     slow_down(window)
     qtbot.keyClicks(window.composer.input, "Tell me a long story")
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: window.answering is not None and bool(window.answering.text),
+    qtbot.waitUntil(lambda: window.controller.answering is not None and bool(window.controller.answering.text),
                     timeout=ANSWER_TIMEOUT_MS)
-    chat_id = window.chat_id
+    chat_id = window.controller.chat_id
     window.close()  # cancel, quit(), wait(): returns once the worker thread has ended
-    assert window.engine.thread.isFinished() and window.engine.worker._pipe is None
+    assert window.controller.engine.thread.isFinished() and window.controller.engine.worker._pipe is None
     with Store(home) as store:  # the stopped answer was saved before the store closed
         answer = store.messages(chat_id)[-1]
         assert answer.role == "assistant" and answer.stats["stopped"]
@@ -221,7 +221,7 @@ def test_overlay_draws_the_kept_patches_and_follows_the_budget(qtbot, window, im
         tile.toggle.click()
         tile.picture.grab()
         assert tile.picture.cells_drawn == 8
-    assert window.store.chat(window.chat_id).n_keep == 8
+    assert window.controller.store.chat(window.controller.chat_id).n_keep == 8
 
 
 def test_overlay_gets_the_grid_assignment_of_the_kept_tokens(qtbot, window, image_path):
@@ -229,7 +229,7 @@ def test_overlay_gets_the_grid_assignment_of_the_kept_tokens(qtbot, window, imag
     ask(qtbot, window, "What is in the image?")
     tile = window.chat_view.bubbles[0].tiles[0]
     qtbot.waitUntil(lambda: tile.toggle.isEnabled())
-    overlay = Overlay.from_dict(window.chat_model.message(0).images[0].selection)
+    overlay = Overlay.from_dict(window.controller.chat_model.message(0).images[0].selection)
     assert overlay.assignment is not None and len(overlay.assignment) == 576
     assignment = np.array(overlay.assignment)
     assert set(assignment[assignment >= 0]) == set(range(len(overlay.indices)))  # every kept token
@@ -256,10 +256,10 @@ def test_overlay_painting_masses_and_cluster_tints():
 def test_bad_image_is_a_message_not_a_crash(qtbot, window, tmp_path):
     text_file = tmp_path / "notes.png"
     text_file.write_text("not an image at all\n")
-    window.attach([str(text_file)])
+    window.controller.attach([str(text_file)])
     qtbot.waitUntil(lambda: bool(notices(window)))
     assert "not an image" in notices(window)[0] and str(text_file) in notices(window)[0]
-    assert window.attachments == {}
+    assert window.controller.attachments == {}
     assert ask(qtbot, window, "Still there?")["generated_tokens"] > 0
 
 
@@ -267,15 +267,15 @@ def test_bad_model_files_are_messages_not_crashes(qtbot, make_window, tiny, tmp_
     window = make_window()
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(Path(tiny.llm).read_bytes()[: Path(tiny.llm).stat().st_size // 2])
-    window.load_model(str(truncated), str(tiny.mmproj))
+    window.controller.load_model(str(truncated), str(tiny.mmproj))
     qtbot.waitUntil(lambda: bool(notices(window)))
     assert "truncated GGUF" in notices(window)[-1]
-    window.load_model(str(tiny.llm), str(tiny.llm))  # an LLM passed as the mmproj
+    window.controller.load_model(str(tiny.llm), str(tiny.llm))  # an LLM passed as the mmproj
     qtbot.waitUntil(lambda: len(notices(window)) == 2)
     assert "not a CLIP vision projector" in notices(window)[-1]
-    assert window.model_name is None and window.settings.model is None  # a bad pick is not remembered
-    window.load_model(str(tiny.dir))
-    qtbot.waitUntil(lambda: window.model_name is not None)
+    assert window.controller.model_name is None and window.settings.model is None  # a bad pick is not remembered
+    window.controller.load_model(str(tiny.dir))
+    qtbot.waitUntil(lambda: window.controller.model_name is not None)
     assert window.settings.model == str(tiny.dir)
 
 
@@ -287,21 +287,21 @@ def test_first_start_without_a_model_says_what_to_do(qtbot, make_window):
     qtbot.keyClicks(window.composer.input, "hello")
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
     assert "No model is loaded" in notices(window)[0]
-    assert window.store.chats() == []
+    assert window.controller.store.chats() == []
 
 
 def test_picking_the_loaded_model_again_comes_back_ready(qtbot, window, tiny):
     """The worker keeps the loaded files (no reload) and still tells the window they are ready."""
-    window.load_model(str(tiny.dir))
-    assert window.model_name is None  # "Loading…" until the worker answers
-    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    window.controller.load_model(str(tiny.dir))
+    assert window.controller.model_name is None  # "Loading…" until the worker answers
+    qtbot.waitUntil(lambda: window.controller.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
     assert window.pages.currentWidget() is window.empty_state and window.empty_state.title.text() == "Ask about an image"
 
 
 def test_first_start_loads_the_bundled_model(qtbot, bundled_tiny, make_window):
     window = make_window()
-    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
-    assert window.model_files == ("demo", None)
+    qtbot.waitUntil(lambda: window.controller.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    assert window.controller.model_files == ("demo", None)
     assert window.empty_state.title.text() == "Try the demo model"
     assert "coloured shapes" in window.empty_state.body.text() and "Models…" in window.empty_state.body.text()
     assert window.empty_state.sample_button.isVisibleTo(window)
@@ -314,8 +314,8 @@ def test_models_dialog_lists_the_bundled_model_and_use_loads_it(qtbot, bundled_t
     picked.model = str(tiny.dir)  # an explicit pick wins over the bundled model
     picked.sync()
     window = make_window()
-    qtbot.waitUntil(lambda: window.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
-    assert window.model_files == (str(tiny.dir), None)
+    qtbot.waitUntil(lambda: window.controller.model_name is not None, timeout=ANSWER_TIMEOUT_MS)
+    assert window.controller.model_files == (str(tiny.dir), None)
     assert window.empty_state.title.text() == "Ask about an image"
     assert not window.empty_state.sample_button.isVisibleTo(window)
     window.show_models()
@@ -327,35 +327,35 @@ def test_models_dialog_lists_the_bundled_model_and_use_loads_it(qtbot, bundled_t
     assert layout.indexOf(row) < layout.indexOf(dialog.rows[0])  # above the catalog
     row.use_button.click()
     assert not dialog.isVisible()
-    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controller.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
     assert window.settings.model == "demo"
 
 
 def test_sample_scene_attaches_an_image_and_suggests_a_question(qtbot, bundled_tiny, make_window):
     window = make_window()
-    qtbot.waitUntil(lambda: window.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.controller.model_name == "demo", timeout=ANSWER_TIMEOUT_MS)
     window.empty_state.sample_button.click()
-    [attachment] = window.attachments.values()
+    [attachment] = window.controller.attachments.values()
     seed = int(re.fullmatch(r"scene (\d+)\.png", attachment.name).group(1))
     assert seed < scenes.SPLIT_BASE["validation"]  # never a validation or test image
     question = window.composer.input.toPlainText()
     assert question in {q.question for q in scenes.questions_about(seed, 20)}
     qtbot.waitUntil(lambda: attachment.prepared is not None)
     assert (attachment.prepared.width, attachment.prepared.height) == (scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
-    assert window.answering is None and window.store.chats() == []  # suggested, not sent
+    assert window.controller.answering is None and window.controller.store.chats() == []  # suggested, not sent
     window.empty_state.sample_button.click()  # another scene replaces the first
-    assert len(window.attachments) == 1 and attachment.key not in window.attachments
-    qtbot.waitUntil(lambda: all(a.prepared for a in window.attachments.values()))
+    assert len(window.controller.attachments) == 1 and attachment.key not in window.controller.attachments
+    qtbot.waitUntil(lambda: all(a.prepared for a in window.controller.attachments.values()))
     qtbot.keyClick(window.composer.input, Qt.Key.Key_Return)
-    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
-    [message, _answer] = window.store.messages(window.chat_id)
-    assert message.text == window.chat_model.message(0).text and len(message.images) == 1
+    qtbot.waitUntil(lambda: window.controller.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    [message, _answer] = window.controller.store.messages(window.controller.chat_id)
+    assert message.text == window.controller.chat_model.message(0).text and len(message.images) == 1
 
 
 def test_missing_bundled_files_say_so_without_a_crash(qtbot, home, monkeypatch, make_window, tmp_path):
     bundle(monkeypatch, tmp_path / "gone.gguf", tmp_path / "mmproj-gone.gguf")
     window = make_window()
-    assert window.model_files is None and window.model_name is None
+    assert window.controller.model_files is None and window.controller.model_name is None
     assert window.pages.currentWidget() is window.empty_state
     assert window.empty_state.title.text() == "Pick a model to start"
     problem = window.empty_state.problem
@@ -374,23 +374,23 @@ def test_regenerate_copy_paste_new_and_delete(qtbot, window):
     dropped.setUrls([QUrl.fromLocalFile(str(SHAPES))])
     window.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, dropped,
                                 Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier))
-    qtbot.waitUntil(lambda: all(a.prepared for a in window.attachments.values()))
-    assert [a.name for a in window.attachments.values()] == ["pasted image", "shapes.png"]
+    qtbot.waitUntil(lambda: all(a.prepared for a in window.controller.attachments.values()))
+    assert [a.name for a in window.controller.attachments.values()] == ["pasted image", "shapes.png"]
     ask(qtbot, window, "What is in the image?")
-    window.regenerate(1)
-    qtbot.waitUntil(lambda: window.answering is None, timeout=ANSWER_TIMEOUT_MS)
-    messages = window.store.messages(window.chat_id)
+    window.controller.regenerate(1)
+    qtbot.waitUntil(lambda: window.controller.answering is None, timeout=ANSWER_TIMEOUT_MS)
+    messages = window.controller.store.messages(window.controller.chat_id)
     assert [m.role for m in messages] == ["user", "assistant"]  # the old answer was replaced
     assert [image.path.suffix for image in messages[0].images] == [".png", ".png"]
     assert messages[1].stats["image_tokens"] == 2 * 16  # regenerated from a fresh conversation
     window.copy_answer(1)
-    assert QGuiApplication.clipboard().text() == window.chat_model.message(1).text
-    first_chat = window.chat_id
+    assert QGuiApplication.clipboard().text() == window.controller.chat_model.message(1).text
+    first_chat = window.controller.chat_id
     window.activateWindow()
     qtbot.keyClick(window, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)  # New chat
-    assert window.chat_id is None and window.chat_model.rowCount() == 0
-    window.delete_chat(first_chat)
-    assert window.store.chats() == [] and list(window.store.images_dir.iterdir()) == []
+    assert window.controller.chat_id is None and window.controller.chat_model.rowCount() == 0
+    window.controller.delete_chat(first_chat)
+    assert window.controller.store.chats() == [] and list(window.controller.store.images_dir.iterdir()) == []
 
 
 def test_models_dialog_lists_the_catalog_and_reports_a_failed_download(qtbot, home, monkeypatch):
@@ -485,20 +485,20 @@ KILLED_APP = textwrap.dedent("""
     settings.method, settings.n_keep, settings.n_threads = method, 16, 1
     window = MainWindow(settings)
     window.show()
-    window.load_model(model)
-    wait_until(lambda: window.model_name is not None)
-    window.attach([image])
-    wait_until(lambda: all(a.prepared for a in window.attachments.values()))
+    window.controller.load_model(model)
+    wait_until(lambda: window.controller.model_name is not None)
+    window.controller.attach([image])
+    wait_until(lambda: all(a.prepared for a in window.controller.attachments.values()))
     send("What is in the image?", 24)
-    wait_until(lambda: window.answering is None)
-    print(json.dumps(window.chat_model.message(1).text), flush=True)
+    wait_until(lambda: window.controller.answering is None)
+    print(json.dumps(window.controller.chat_model.message(1).text), flush=True)
 
-    window.new_chat()
+    window.controller.new_chat()
     # At a laptop's pace (see slow_down), so the answer is still streaming when the kill comes.
-    window.engine.worker.token.connect(lambda _piece: time.sleep(0.05), Qt.ConnectionType.DirectConnection)
+    window.controller.engine.worker.token.connect(lambda _piece: time.sleep(0.05), Qt.ConnectionType.DirectConnection)
     send("Tell me a long story", 8192)
-    wait_until(lambda: window.answering is None or window.answering.text)
-    print("streaming" if window.answering else "the answer ended before the kill", flush=True)
+    wait_until(lambda: window.controller.answering is None or window.controller.answering.text)
+    print("streaming" if window.controller.answering else "the answer ended before the kill", flush=True)
     wait_until(lambda: False)  # answering until killed
 """)
 
@@ -529,11 +529,11 @@ def test_app_killed_mid_answer_keeps_history_and_starts_again(qtbot, home, make_
         assert [m.role for m in killed] == ["user"]  # the answer was still streaming: nothing of it stored
 
     restarted = make_window()
-    titles = [restarted.chat_list.index(row).data() for row in range(restarted.chat_list.rowCount())]
+    titles = [restarted.controller.chat_list.index(row).data() for row in range(restarted.controller.chat_list.rowCount())]
     assert sorted(titles) == ["Tell me a long story", "What is in the image?"]
-    qtbot.waitUntil(lambda: restarted.model_name is not None, timeout=ANSWER_TIMEOUT_MS)  # from settings.ini
-    restarted.open_chat(chats["What is in the image?"])
-    assert restarted.chat_model.message(1).text == earlier_answer
+    qtbot.waitUntil(lambda: restarted.controller.model_name is not None, timeout=ANSWER_TIMEOUT_MS)  # from settings.ini
+    restarted.controller.open_chat(chats["What is in the image?"])
+    assert restarted.controller.chat_model.message(1).text == earlier_answer
     assert ask(qtbot, restarted, "And now?")["image_tokens"] == 16
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -20,19 +19,10 @@ import torch
 from .. import _native, prune_reference
 from ..prune import DEFAULT_OPTIONS, METHODS
 from . import torch_dcp
+from .machine import machine
 
 N, GRID, N_TEXT = 576, 24, 12
 WIDTHS, BUDGETS = (1024, 4096), (64, 32, 16)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}"
 
 
 def inputs(d: int, seed: int = 0) -> dict:

@@ -38,12 +38,13 @@ from PIL import Image
 from tqdm import tqdm
 
 # Nothing here imports torch: the llama.cpp worker must not pay for it (its peak RSS). Our path's
-# modules (pipeline, vision) and bench.prune.machine are imported where they are used.
+# modules (pipeline, vision) are imported where they are used.
 from .. import template
 from ..engine import Engine, GenerationParams, ImageRows
 from ..errors import InputError
 from ..image import load_image
 from ..models import ModelFiles, gguf_value, open_gguf, validate
+from .machine import machine
 from .mtmd_peer import MtmdEncoder
 from .random_gguf import LLAVA_7B, build_pair, pair_bytes, pair_paths
 
@@ -334,8 +335,6 @@ def run(shapes: str = "tiny", *, threads: int | None = None, runs: int | None = 
         acgr_layer: int | None = None, multi_image: int = 0, configs=CONFIGS, progress: bool = True) -> dict:
     """Measure every configuration of `configs` (any iterable, e.g. wrapped in a progress bar) on
     the `shapes` pair ("tiny" or "7b"), each in a fresh process."""
-    from .prune import machine
-
     for option, value in (("--threads", threads), ("--runs", runs), ("--acgr-layer", acgr_layer),
                           ("--multi-image", multi_image or None)):
         if value is not None and value < 1:

@@ -6,14 +6,13 @@ box attaches it instead of inserting text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 from PySide6.QtCore import QBuffer, QIODevice, QMimeData, Qt, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
+from .chat_controller import Attachment
 from .worker import PreparedImage
 
 CHIP_PX = 44
@@ -35,13 +34,6 @@ def png_bytes(image: QImage) -> bytes:
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
     image.save(buffer, "PNG")
     return bytes(buffer.data())
-
-
-@dataclass
-class Attachment:
-    key: str
-    name: str  # the file name, or "pasted image"
-    prepared: PreparedImage | None = None  # None while the worker reads it
 
 
 class InputBox(QPlainTextEdit):
@@ -174,7 +166,3 @@ class Composer(QWidget):
         text = self.input.toPlainText().strip()
         self.input.clear()
         return text
-
-
-def display_name(source: str | bytes) -> str:
-    return "pasted image" if isinstance(source, bytes) else Path(source).name

@@ -35,11 +35,13 @@ from .llama_context import LlamaContext
 
 @dataclass(frozen=True)
 class ImageRows:
-    """One image as the LLM receives it: k projected rows and, for a pruned image, where they sit."""
+    """One image as the LLM receives it: k projected rows and, for a pruned image, where they sit and
+    how much attention each draws."""
 
     embeddings: np.ndarray  # (k, n_embd) float32
     grid_index: np.ndarray | None = None  # (k,) ascending: the grid patch each row stands for
     n_grid: int | None = None  # patches in the full grid (576): the positions the image spans
+    bias: np.ndarray | None = None  # (k,) added to every attention logit toward each row (ln mass)
 
     @property
     def span(self) -> int:
@@ -54,14 +56,24 @@ class GenerationParams:
     seed: int = 0
 
 
+BACKENDS = ("llamacpp", "torch")  # the LLM in llama.cpp (the app), or in PyTorch (evaluation: torch_llama.py)
+
+
 class Engine:
-    """The one conversation in a llama.cpp context. Not thread-safe: use it from one thread at a time
-    (the GUI runs it in a worker thread). Close it, or use `with`."""
+    """The one conversation in a llama.cpp context (or its PyTorch stand-in). Not thread-safe: use it
+    from one thread at a time (the GUI runs it in a worker thread). Close it, or use `with`."""
 
     def __init__(self, llm_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, verbose: bool = False):
-        self.llama = LlamaContext(llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                                  verbose=verbose)
+                 n_gpu_layers: int = 0, verbose: bool = False, backend: str = "llamacpp"):
+        if backend == "torch":
+            from .torch_llama import TorchLlama  # imports transformers: only when asked for
+
+            self.llama = TorchLlama(llm_path, n_ctx=n_ctx, n_threads=n_threads, verbose=verbose)
+        elif backend == "llamacpp":
+            self.llama = LlamaContext(llm_path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                      verbose=verbose)
+        else:
+            raise InputError(f"--engine: unknown '{backend}'; choose one of {', '.join(BACKENDS)}")
         self.n_embd, self.n_ctx = self.llama.n_embd, self.llama.n_ctx
         self._rng = np.random.default_rng(0)
         self._answered = False  # an answer is in the cache and still needs its closing </s>
@@ -139,7 +151,7 @@ class Engine:
             raise ValueError("image embeddings contain NaN or Inf")
         self._check_room(len(rows))
         start = self.position
-        self._decode(rows, rows=True)
+        self._decode(rows, rows=True, bias=image.bias)
         fits = start + image.span + room_after <= self.n_ctx
         if image.grid_index is not None and self.llama.can_shift and fits:
             self._move_rows(start, np.asarray(image.grid_index))
@@ -178,26 +190,26 @@ class Engine:
             if grid_index[j] != j:
                 self.llama.shift(start + j, start + j + 1, int(grid_index[j]) - j)
 
-    def _decode(self, items: np.ndarray, *, rows: bool) -> None:
-        """Decode items (token ids, or embedding rows) from self.position on, n_batch at a time.
-        After a pruned image the cache ends before self.position; llama.cpp takes no gaps, so the
-        first item goes at the cache's end and is then moved to self.position."""
+    def _decode(self, items: np.ndarray, *, rows: bool, bias: np.ndarray | None = None) -> None:
+        """Decode items (token ids, or embedding rows with their attention bias) from self.position on,
+        n_batch at a time. After a pruned image the cache ends before self.position; llama.cpp takes no
+        gaps, so the first item goes at the cache's end and is then moved to self.position."""
         self.llama.remove(self.position)  # stale cells of an interrupted decode
         done = 0
         end = self.llama.position_range()[1] + 1
         if end < self.position:
-            self._decode_batch(items[:1], end, rows=rows)
+            self._decode_batch(items[:1], end, rows=rows, bias=None if bias is None else bias[:1])
             self.llama.shift(end, end + 1, self.position - end)
             self.position, done = self.position + 1, 1
         for start in range(done, len(items), self.llama.n_batch):
-            chunk = items[start:start + self.llama.n_batch]
-            self._decode_batch(chunk, self.position, rows=rows)
-            self.position += len(chunk)
+            chunk = slice(start, start + self.llama.n_batch)
+            self._decode_batch(items[chunk], self.position, rows=rows, bias=None if bias is None else bias[chunk])
+            self.position += len(items[chunk])
 
-    def _decode_batch(self, items: np.ndarray, first_position: int, *, rows: bool) -> None:
+    def _decode_batch(self, items: np.ndarray, first_position: int, *, rows: bool, bias: np.ndarray | None) -> None:
         positions = np.arange(first_position, first_position + len(items))
         if rows:
-            self.llama.decode(positions, rows=items)
+            self.llama.decode(positions, rows=items, bias=bias)
         else:
             self.llama.decode(positions, tokens=items)
         self.n_past += len(items)

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from .errors import InputError
-from .models import open_gguf, tensor_array
+from .models import gguf_value, open_gguf, tensor_array
 
 # SentencePiece token types as llama.cpp reads them (gguf.TokenType).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
@@ -95,6 +95,41 @@ def read_llava_state(config, llm_path: str | Path, mmproj_path: str | Path) -> d
         prefix = "model.multi_modal_projector." if ours.startswith("mm.") else "model.vision_tower."
         state[prefix + theirs] = mmproj(ours)
     return state
+
+
+def read_llama(llm_path: str | Path):
+    """A llama-architecture LLM GGUF as a transformers (LlamaConfig, float32 state dict under
+    LlamaForCausalLM's names): the hyper-parameters from the metadata, the weights dequantised (any type
+    `gguf` reads), Wq/Wk back in transformers' RoPE row order. For the PyTorch evaluation engine."""
+    import transformers
+
+    reader = open_gguf(llm_path)
+    arch = gguf_value(reader, "general.architecture")
+    if arch != "llama":
+        raise InputError(f"{llm_path}: architecture '{arch}', expected 'llama'; the PyTorch engine runs "
+                         "llama-architecture LLMs only")
+
+    def value(key: str, default=None):
+        return gguf_value(reader, f"{arch}.{key}", default)
+
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    config = transformers.LlamaConfig(
+        vocab_size=int(embd.shape[1]), hidden_size=int(value("embedding_length")),
+        intermediate_size=int(value("feed_forward_length")), num_hidden_layers=int(value("block_count")),
+        num_attention_heads=int(value("attention.head_count")),
+        num_key_value_heads=int(value("attention.head_count_kv", value("attention.head_count"))),
+        max_position_embeddings=int(value("context_length")), rms_norm_eps=float(value("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(value("rope.freq_base", 10000.0)), tie_word_embeddings=False)
+    read = _tensors(llm_path)
+    names = {t.name for t in reader.tensors}
+    state = {}
+    for ours, theirs, heads in llm_tensor_names(config):
+        if ours == "output.weight" and ours not in names:  # tied output: llama.cpp reuses token_embd
+            ours = "token_embd.weight"
+        tensor = read(ours)
+        key = theirs if theirs == "lm_head.weight" else "model." + theirs
+        state[key] = _rope_unpermute(tensor, heads) if heads else tensor
+    return config, state
 
 
 def _tensors(path: str | Path):

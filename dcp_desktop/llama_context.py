@@ -30,54 +30,34 @@ llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 llama_cpp.llama_backend_init()
 
 
-class LlamaContext:
-    """One model file, one context, sequence 0. Attributes are read-only facts of the loaded model."""
+class LlamaVocab:
+    """A model file's vocabulary alone (no weights, no context): tokenize and detokenize."""
 
-    def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, verbose: bool = False):
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, verbose: bool = False, vocab_only: bool = True):
         global _verbose
         _verbose = verbose
-        self.model = self.ctx = None
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = n_gpu_layers
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        self.model = None
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise InputError(f"{path}: llama.cpp could not load this model (run with --verbose to see why)")
-        cores = os.cpu_count() or 1
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = min(n_ctx, n_batch)
-        params.n_threads = n_threads or max(cores // 2, 1)  # decoding one token is memory-bound
-        params.n_threads_batch = n_threads or cores
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
-        if not self.ctx:
-            self.close()
-            raise InputError(f"{path}: llama.cpp could not make a context of {n_ctx} tokens; try a smaller one")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
-        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx(self.ctx))  # llama.cpp may round the context up
-        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
-        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
-        self.can_shift = bool(llama_cpp.llama_memory_can_shift(self.memory))
 
     def close(self) -> None:
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
         if self.model:
             llama_cpp.llama_model_free(self.model)
-        self.ctx = self.model = None
+        self.model = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-    # --- text ----------------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
         """Token ids of `text` (special tokens are not parsed: a user cannot type `</s>`)."""
@@ -98,12 +78,47 @@ class LlamaContext:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
         return buffer.raw[:n]
 
+
+class LlamaContext(LlamaVocab):
+    """One model file, one context, sequence 0. Attributes are read-only facts of the loaded model."""
+
+    def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
+                 n_gpu_layers: int = 0, verbose: bool = False):
+        self.ctx = None
+        super().__init__(path, n_gpu_layers=n_gpu_layers, verbose=verbose, vocab_only=False)
+        cores = os.cpu_count() or 1
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = min(n_ctx, n_batch)
+        params.n_threads = n_threads or max(cores // 2, 1)  # decoding one token is memory-bound
+        params.n_threads_batch = n_threads or cores
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            self.close()
+            raise InputError(f"{path}: llama.cpp could not make a context of {n_ctx} tokens; try a smaller one")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx(self.ctx))  # llama.cpp may round the context up
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+        self.can_shift = bool(llama_cpp.llama_memory_can_shift(self.memory))
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+        self.ctx = None
+        super().close()
+
     # --- decoding ------------------------------------------------------------------------------
 
     def decode(self, positions: np.ndarray, *, tokens: np.ndarray | None = None,
-               rows: np.ndarray | None = None) -> None:
+               rows: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
         """One llama_decode into sequence 0: token ids (n,) or embedding rows (n, n_embd) float32, at
-        `positions` (n,); logits are kept for the last item only. At most n_batch items."""
+        `positions` (n,); logits are kept for the last item only. At most n_batch items. `bias` (n,):
+        an attention bias per row (not yet supported by this build of llama.cpp)."""
+        if bias is not None and np.any(bias != 0):
+            raise InputError("an attention bias per image row (--mass-bias) needs the project's own llama.cpp "
+                             "build, which this install does not have; re-run the README's set-up command")
         n = len(positions)
         batch = llama_cpp.llama_batch_init(n, self.n_embd if rows is not None else 0, 1)
         try:

@@ -87,7 +87,8 @@ def add_pruning_options(group, *, single_budget: bool) -> None:
                             "image's layout as the model was trained to; 'packed' puts them one after another")
 
 
-def add_hardware_options(parser: argparse.ArgumentParser, *, vision_dtype: str = "auto") -> None:
+def add_hardware_options(parser: argparse.ArgumentParser, *, vision_dtype: str = "auto"):
+    """The hardware group (returned, for a tool's own hardware options)."""
     group = parser.add_argument_group("hardware")
     group.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
     group.add_argument("--n-gpu-layers", type=int, default=0,
@@ -96,6 +97,7 @@ def add_hardware_options(parser: argparse.ArgumentParser, *, vision_dtype: str =
     group.add_argument("--vision-dtype", default=vision_dtype, choices=VISION_DTYPES,
                        help=f"the vision tower's number type (default {vision_dtype}; auto: bfloat16 where the "
                             "hardware runs it natively, else float32)")
+    return group
 
 
 def options_from_args(args: argparse.Namespace) -> PipelineOptions:
@@ -106,4 +108,5 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
         prune_options=parse_prune_options(args.prune_option), seed=getattr(args, "seed", 0) or 0,
         positions=args.positions, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, device=args.device,
-        vision_dtype=args.vision_dtype, verbose=getattr(args, "verbose", False))
+        vision_dtype=args.vision_dtype, engine=getattr(args, "engine", "llamacpp"),
+        verbose=getattr(args, "verbose", False))

@@ -48,6 +48,7 @@ class PipelineOptions:
     n_gpu_layers: int = 0
     device: str = "cpu"  # the vision tower's torch device: cpu, cuda, mps
     vision_dtype: str = "auto"  # auto, float32, bfloat16, float16 (see vision.pick_dtype)
+    engine: str = "llamacpp"  # the LLM in llama.cpp, or "torch" for evaluations (torch_llama.py)
     verbose: bool = False
 
 
@@ -131,7 +132,7 @@ class Pipeline:
             self.configure(options)
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
-                                 verbose=options.verbose)
+                                 verbose=options.verbose, backend=options.engine)
 
     def configure(self, options: PipelineOptions) -> None:
         """Switch method, budget, encoder layer or knobs without reloading the models (the loading

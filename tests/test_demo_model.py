@@ -13,7 +13,7 @@ from conftest import run_main
 from dcp_desktop import cli, models
 from dcp_desktop.engine import Engine
 from dcp_desktop import scenes
-from dcp_desktop.eval import harness
+from dcp_desktop.eval import harness, report
 from dcp_desktop.bench.mtmd_peer import MtmdEncoder
 from dcp_desktop.pipeline import Pipeline, PipelineOptions
 
@@ -46,8 +46,8 @@ def test_accuracy_on_the_first_100_test_questions_has_not_regressed(demo):
     """Floors about ten points under what the shipped model measured on 500 test questions on 2026-12-02
     (full 90.8%, dcp at 16 tokens 74.2%; README), so a regression shows and noise on 100 does not."""
     benchmark = harness.scenes_benchmark("test", 25)
-    report = harness.evaluate(demo, benchmark, [harness.Cell(harness.FULL, 576), harness.Cell("dcp", 16)])
-    full, dcp = report["results"]
+    result = report.evaluate(demo, benchmark, [harness.Cell(harness.FULL, 576), harness.Cell("dcp", 16)])
+    full, dcp = result["results"]
     assert full["accuracy"] >= 0.80, full
     assert dcp["accuracy"] >= 0.64, dcp
 

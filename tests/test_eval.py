@@ -1,5 +1,6 @@
 """dcp-eval as a user runs it on the tiny random model (answers are nonsense, the numbers are not), the
-JSONL path, answer matching, and the κ / accuracy-loss rank correlation."""
+JSONL path, answer matching, the paired statistics against hand computations, and the κ / accuracy-loss
+rank correlation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from conftest import run_main
 from dcp_desktop import scenes
-from dcp_desktop.eval import harness
+from dcp_desktop.eval import harness, report, stats
 from dcp_desktop.eval.cli import main
 
 RUN = ["--threads", "1", "--quiet"]
@@ -24,25 +25,42 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 def test_report_schema_and_table(tiny, tmp_path, capsys):
     report_path = tmp_path / "report.json"
-    code, out, err = run_cli(capsys, "--model", tiny.dir, "--n", 3, "--questions-per-image", 2,
-                             "--methods", "dcp,fastervlm", "--tokens", "576,64,16", "--json", report_path, *RUN)
+    code, out, err = run_cli(capsys, "--model", tiny.dir, "--n", 3, "--n-questions-per-image", 2,
+                             "--methods", "dcp,fastervlm,random", "--tokens", "576,64,16", "--json", report_path, *RUN)
     assert code == 0, err
     report = json.loads(report_path.read_text())
-    assert {"model", "split", "n", "full_accuracy", "results", "kappa_accuracy_spearman"} <= set(report)
+    assert {"model", "split", "n", "full_accuracy", "results", "kappa_accuracy_spearman",
+            "kappa_spearman_per_cell", "question_types", "vision_dtype", "engine"} <= set(report)
     assert report["split"] == "test" and report["n"] == 6 and report["n_images"] == 3
+    assert report["vision_dtype"] == "float32" and report["engine"] == "llamacpp"  # dcp-eval's defaults
     cells = [(r["method"], r["tokens"]) for r in report["results"]]
-    assert cells == [("full", 576), ("dcp", 64), ("fastervlm", 64), ("dcp", 16), ("fastervlm", 16)]
+    assert cells == [("full", 576), ("dcp", 64), ("fastervlm", 64), ("random", 64), ("dcp", 16), ("fastervlm", 16),
+                     ("random", 16)]
     for r in report["results"]:
-        assert set(r) == {"method", "tokens", "accuracy", "retention", "kappa_mean", "by_type", "time_ms"}
+        assert {"method", "tokens", "accuracy", "retention", "kappa_mean", "by_type", "time_ms", "outcomes",
+                "paired_vs_dcp", "retention_by_type", "retention_without_count_size"} <= set(r)
         assert 0 <= r["accuracy"] <= 1 and r["kappa_mean"] >= 0
         assert set(r["by_type"]) <= set(scenes.TYPES) and all(0 <= v <= 1 for v in r["by_type"].values())
         assert set(r["time_ms"]) == {"vision", "prune", "project", "prefill", "answer"}
         assert all(v >= 0 for v in r["time_ms"].values())
         assert r["retention"] is None if report["full_accuracy"] == 0 else r["retention"] >= 0
+        assert len(r["outcomes"]) == 6 and r["accuracy"] == pytest.approx(sum(r["outcomes"]) / 6, abs=1e-3)
+        assert (r["paired_vs_dcp"] is None) == (r["method"] in ("full", "dcp"))
+        if r["paired_vs_dcp"]:
+            dcp = next(d for d in report["results"] if (d["method"], d["tokens"]) == ("dcp", r["tokens"]))
+            assert r["paired_vs_dcp"]["diff"] == pytest.approx(r["accuracy"] - dcp["accuracy"], abs=1e-3)
+            low, high = r["paired_vs_dcp"]["ci95"]
+            assert low <= r["paired_vs_dcp"]["diff"] <= high and 0 <= r["paired_vs_dcp"]["mcnemar_p"] <= 1
+    # random averages RANDOM_SEEDS draws per question: its outcomes are thirds
+    random16 = next(r for r in report["results"] if (r["method"], r["tokens"]) == ("random", 16))
+    assert all(round(3 * o) == pytest.approx(3 * o, abs=1e-3) for o in random16["outcomes"])
     assert report["results"][0]["kappa_mean"] == pytest.approx(0.0, abs=1e-6)  # nothing dropped
     rho = report["kappa_accuracy_spearman"]
     assert rho is None or -1 <= rho <= 1
+    assert set(report["kappa_spearman_per_cell"]["cells"]) == {"dcp@64", "fastervlm@64", "random@64", "dcp@16",
+                                                               "fastervlm@16", "random@16"}
     assert "| retention | 64 tokens | 16 tokens |" in out and "| full | 576 |" in out and "| dcp | 16 |" in out
+    assert "| method − dcp, accuracy points [95% CI] (McNemar p) |" in out
 
 
 def test_user_jsonl_with_relative_images(tiny, tmp_path, capsys):
@@ -104,42 +122,85 @@ def test_benchmark_answers_match_the_closed_set():
 
 def test_spearman_matches_scipy_on_ties():
     # scipy.stats.spearmanr([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) = 0.8207826816681233 (ties share mean ranks)
-    assert harness.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)
-    assert harness.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert harness.spearman([1, 1, 1], [1, 2, 3]) is None and harness.spearman([1, 2], [1, 2]) is None
+    assert stats.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)
+    assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stats.spearman([1, 1, 1], [1, 2, 3]) is None and stats.spearman([1, 2], [1, 2]) is None
+
+
+def test_mcnemar_matches_a_hand_computation():
+    """b = 1 question only the reference got, c = 5 only the other: p = 2 · P(Bin(6, ½) <= 1) = 2 · 7/64."""
+    reference = [1, 1, 0, 0, 0, 0, 0, 1, 0]
+    other = [1, 0, 1, 1, 1, 1, 1, 1, 0]
+    assert stats.mcnemar_p(reference, other) == pytest.approx(2 * 7 / 64)
+    assert stats.mcnemar_p(reference, reference) == 1.0
+    assert stats.mcnemar_p([1] * 10, [0] * 10) == pytest.approx(2 / 2**10)
+
+
+def test_paired_bootstrap_matches_a_hand_computation():
+    """The difference is the mean of other − reference; its interval holds it and shrinks with n."""
+    reference, other = [1, 0, 1, 0] * 25, [1, 1, 1, 0] * 25  # other is right on 25 more of 100
+    diff, (low, high) = stats.paired_difference(reference, other)
+    assert diff == pytest.approx(0.25)
+    # per-question differences are 25 ones and 75 zeros: bootstrap sd ≈ √(0.25 · 0.75 / 100) = 0.0433
+    assert low == pytest.approx(0.25 - 1.96 * 0.0433, abs=0.015) and high == pytest.approx(0.25 + 1.96 * 0.0433, abs=0.015)
+    assert stats.paired_difference(reference, reference) == (0.0, (0.0, 0.0))
+
+
+def _outcome(cell, image, correct, kappa):
+    return harness.Outcome(cell, image, image, "all", 0, float(correct), kappa, {})
 
 
 def test_kappa_loss_correlation_per_image_and_cell():
     """Three images, full always right; the pruned cells lose accuracy exactly where κ is high."""
     full, low, high = harness.Cell("full", 576), harness.Cell("fastervlm", 64), harness.Cell("fastervlm", 16)
-
-    def outcome(cell, image, correct, kappa):
-        return harness.Outcome(cell, image, "all", correct, kappa, {})
-
-    by_cell = {full: [outcome(full, i, True, 0.0) for i in range(3)],
-               low: [outcome(low, 0, True, 0.1), outcome(low, 1, True, 0.2), outcome(low, 2, False, 0.9)],
-               high: [outcome(high, 0, True, 0.3), outcome(high, 1, False, 1.2), outcome(high, 2, False, 1.5)]}
+    by_cell = {full: [_outcome(full, i, True, 0.0) for i in range(3)],
+               low: [_outcome(low, 0, True, 0.1), _outcome(low, 1, True, 0.2), _outcome(low, 2, False, 0.9)],
+               high: [_outcome(high, 0, True, 0.3), _outcome(high, 1, False, 1.2), _outcome(high, 2, False, 1.5)]}
     # κ ranks 1, 2, 4, 3, 5, 6 against losses 0, 0, 1, 0, 1, 1 (tied ranks 2 and 5): 13.5 / √(17.5 · 13.5)
-    assert harness.kappa_loss_spearman(by_cell) == pytest.approx(13.5 / math.sqrt(17.5 * 13.5))
+    assert report.kappa_loss_spearman(by_cell) == pytest.approx(13.5 / math.sqrt(17.5 * 13.5))
+    # within each cell κ orders the images exactly as their losses do: ρ = 0.866 (ties in the losses)
+    per_cell = report.kappa_spearman_per_cell(by_cell)
+    assert per_cell["cells"] == {"fastervlm@64": pytest.approx(math.sqrt(0.75)),
+                                 "fastervlm@16": pytest.approx(math.sqrt(0.75))}
+    assert per_cell["median"] == pytest.approx(math.sqrt(0.75))
+
+
+def test_conversation_mode_reports_follow_ups_apart(tiny, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    code, out, err = run_cli(capsys, "--model", tiny.dir, "--n", 2, "--n-questions-per-image", 3, "--conversation",
+                             "--methods", "dcp", "--tokens", "16", "--json", report_path, *RUN)
+    assert code == 0, err
+    result = json.loads(report_path.read_text())
+    assert result["conversation"] and "| first question | follow-ups |" in out
+    for r in result["results"]:
+        first, follow = r["first_accuracy"], r["follow_up_accuracy"]
+        assert r["accuracy"] == pytest.approx((2 * first + 4 * follow) / 6)
+
+
+def test_calibration_gives_every_method_the_same_number_of_trials():
+    from dcp_desktop.eval import calibrate
+
+    for method, grids in calibrate.GRIDS.items():
+        assert sum(len(set(values)) for values in grids.values()) == calibrate.TRIALS, method
 
 
 def test_calibration_tries_every_grid_value_on_validation_and_keeps_the_best(tiny, tmp_path, capsys, monkeypatch):
     from dcp_desktop.eval import calibrate
 
-    monkeypatch.setattr(calibrate, "GRIDS", {"acgr_n_neighbors": (1, 2), "tau": (0.0, 0.5, 1e6)})  # a short search
+    grids = {"dcp": {"acgr_n_neighbors": (1, 2), "tau": (0.0, 0.5, 1e6)}, "cdpruner": {"cdpruner_theta": (0.0, 0.5)}}
+    monkeypatch.setattr(calibrate, "GRIDS", grids)  # a short search
     report_path = tmp_path / "calibration.json"
     code, out, err = run_main(calibrate.main, capsys, "--model", tiny.dir, "--n", 1, "--tokens", 16,
                               "--threads", 1, "--json", report_path)
     assert code == 0, err
     report = json.loads(report_path.read_text())
     assert report["split"] == "validation" and report["tokens"] == [16]
-    tried = {}
-    for t in report["trials"]:
-        tried.setdefault(t["knob"], {})[t["value"]] = t["accuracy"]["16"]
-    for knob, values in calibrate.GRIDS.items():
-        assert set(tried[knob]) == set(values)
-        best = max(tried[knob].values())
-        assert tried[knob][report["chosen"]["prune_options"][knob]] == best
-    layers = list(tried["acgr_layer"])
-    assert layers[0] is None and layers[1:] == list(range(1, len(layers)))  # off, then after each block
+    for method, knobs in grids.items():
+        tried = {}
+        for t in report["trials"]:
+            if t["method"] == method:
+                tried.setdefault(t["knob"], {})[t["value"]] = t["accuracy"]["16"]
+        for knob, values in knobs.items():
+            assert set(tried[knob]) == set(values)
+            assert tried[knob][report["chosen"][method][knob]] == max(tried[knob].values())
     assert "| tau | 1000000.0 |" in out and "chosen:" in out

@@ -21,8 +21,9 @@ from .. import cli_options, models
 from ..cli_options import whole_number
 from ..engine import GenerationParams
 from ..errors import InputError, run_command
+from ..engine import BACKENDS
 from ..pipeline import Pipeline
-from . import harness
+from . import harness, report
 
 DEFAULT_METHODS = ("dcp", "visionzip", "divprune", "cdpruner", "fastervlm", "pool", "random")
 DEFAULT_BUDGETS = (576, 192, 128, 64, 32, 16, 8)
@@ -45,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="synthetic benchmark split (default test; tune knobs on validation)")
     data.add_argument("--n", type=whole_number, default=None,
                       help=f"images (default {DEFAULT_IMAGES}; with --data: all of them)")
-    data.add_argument("--questions-per-image", type=whole_number, default=4, help="(default 4)")
+    data.add_argument("--n-questions-per-image", type=whole_number, default=4,
+                      help="questions per synthetic image (default 4; 12 makes per-image accuracy, and so κ's "
+                           "correlation with it, less of a coin flip)")
+    data.add_argument("--conversation", action="store_true",
+                      help="ask each image's questions as one chat (the first brings the image, the rest follow "
+                           "up) and report first-question and follow-up accuracy apart")
     data.add_argument("--seed", dest="image_set", type=int, default=None,
                       help="another image set of the split (default: the standard set)")
     data.add_argument("--data", default=None, metavar="FILE.jsonl",
@@ -60,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_options.add_pruning_options(prune, single_budget=False)
     prune.add_argument("--max-tokens", type=whole_number, default=harness.SHORT_ANSWER.max_tokens,
                        help=f"answer length limit (default {harness.SHORT_ANSWER.max_tokens}; greedy)")
-    cli_options.add_hardware_options(parser)
+    hardware = cli_options.add_hardware_options(parser, vision_dtype="float32")  # bfloat16 ties [CLS] scores
+    hardware.add_argument("--engine", choices=BACKENDS, default="llamacpp",
+                          help="run the LLM in llama.cpp (default; what the app does) or in PyTorch (the same "
+                               "logits within ~3e-3, slower; it can show attention and drop rows between layers)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     out.add_argument("--plot", default=None, metavar="FILE.png", help="accuracy vs tokens per method (matplotlib)")
@@ -74,28 +83,28 @@ def _benchmark(args) -> harness.Benchmark:
     if args.data:
         return harness.read_jsonl(args.data, args.n)
     n_images = DEFAULT_IMAGES if args.n is None else args.n
-    return harness.scenes_benchmark(args.split, n_images, args.questions_per_image, args.image_set)
+    return harness.scenes_benchmark(args.split, n_images, args.n_questions_per_image, args.image_set)
 
 
 def run(argv: list[str]) -> dict:
     args = build_parser().parse_args(argv)
     if args.plot:
-        harness.pyplot()  # a missing matplotlib fails now, not after the whole run
+        report.pyplot()  # a missing matplotlib fails now, not after the whole run
     benchmark = _benchmark(args)
     options = cli_options.options_from_args(args)
     with Pipeline(models.resolve(args.model, args.mmproj), options) as pipe:
         todo = harness.cells(args.methods, args.budgets, pipe.vision.cfg.n_patches)
-        with tqdm(total=len(todo) * len(benchmark.examples), unit="answer", desc="dcp-eval",
+        with tqdm(total=harness.n_answers(benchmark, todo), unit="answer", desc="dcp-eval",
                   disable=args.quiet, file=sys.stderr) as bar:
-            report = harness.evaluate(pipe, benchmark, todo, params=GenerationParams(max_tokens=args.max_tokens),
-                                      progress=bar)
-    print(harness.table(report))
+            result = report.evaluate(pipe, benchmark, todo, params=GenerationParams(max_tokens=args.max_tokens),
+                                     conversation=args.conversation, progress=bar)
+    print(report.table(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=1)
+            json.dump(result, file, indent=1)
     if args.plot:
-        harness.plot(report, args.plot)
-    return report
+        report.plot(result, args.plot)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,9 @@
 """dcp-eval's core: accuracy, κ and time of every pruning method × token budget on one loaded model.
 
     benchmark = scenes_benchmark("test", n_images=100)      or   read_jsonl("my.jsonl")
-    report = evaluate(pipe, benchmark, cells(methods, budgets))   -> dict (the --json schema)
-    print(table(report))                                          -> Markdown
-    plot(report, "accuracy.png")                                  -> PNG (needs matplotlib)
+    result = report.evaluate(pipe, benchmark, cells(methods, budgets))   -> dict (the --json schema)
+    print(report.table(result))                                   -> Markdown
+    report.plot(result, "accuracy.png")                           -> PNG (needs matplotlib)
 
 The vision tower runs once per image (with in-encoder ACGR: once per image and budget, since the anchor
 count follows K). Every cell (method, K) then prunes, projects and answers each question of the image in a
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import scenes
 from ..engine import GenerationParams
 from ..errors import InputError
 from ..pipeline import EncodedImage, Pipeline, PipelineOptions, check_budget
-from .. import scenes
 
 FULL = "full"
 STAGES = ("prune", "project", "prefill", "answer")  # per question; "vision" is per image
@@ -63,10 +63,12 @@ class Outcome:
     """One question answered in one cell."""
 
     cell: Cell
+    question: int  # index of the question in the benchmark
     image: int  # index of the image in the benchmark
     type: str
-    correct: bool
-    kappa: float
+    turn: int  # 0: the question that brought the image; 1, 2, …: follow-ups in the same chat
+    correct: float  # 1 right, 0 wrong; `random` averages its seeds
+    kappa: float | None  # of the image's kept tokens (None for a follow-up, which prunes nothing)
     times_ms: dict[str, float]  # STAGES
 
 
@@ -126,11 +128,12 @@ def normalise_open_answer(text: str) -> str:
 
 # ---- running ---------------------------------------------------------------------------------------------
 
+RANDOM_SEEDS = 3  # `random` is a distribution of masks: each question averages this many, seeded per question
+
+
 def cells(methods: Iterable[str], budgets: Iterable[int], n_full: int = 576) -> list[Cell]:
-    """"full" first, then every other method at every budget below n_full, largest budget first."""
-    too_many = [k for k in budgets if not 1 <= k <= n_full]
-    if too_many:
-        raise InputError(f"--tokens: expected 1..{n_full} image tokens, got {', '.join(map(str, too_many))}")
+    """"full" first, then every other method at every budget below n_full, largest budget first (budgets
+    are checked by the Pipeline, like every budget: prune.check_n_keep)."""
     pruned = [Cell(m, k) for k in sorted(set(budgets), reverse=True) if k < n_full
               for m in dict.fromkeys(methods) if m != FULL]
     return [Cell(FULL, n_full), *pruned]
@@ -142,19 +145,26 @@ def cell_options(base: PipelineOptions, cell: Cell) -> PipelineOptions:
                    acgr_layer=None if cell.method == FULL else base.acgr_layer)
 
 
-def evaluate(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *,
-             params: GenerationParams = SHORT_ANSWER, progress=None) -> dict:
-    """Answer every question in every cell; the report (see summarise). `progress`: a tqdm-like bar,
-    advanced once per answered question."""
-    outcomes, vision_ms = answer_all(pipe, benchmark, todo, params=params, progress=progress)
-    return summarise(pipe.info.name, benchmark, todo, outcomes, vision_ms, pipe.options.acgr_layer,
-                     pipe.options.positions)
+def n_answers(benchmark: Benchmark, todo: list[Cell]) -> int:
+    """How many answers evaluate() generates (for a progress bar)."""
+    return sum(len(seeds_for(cell)) for cell in todo) * len(benchmark.examples)
+
+
+def seeds_for(cell: Cell) -> tuple[int, ...]:
+    return tuple(range(RANDOM_SEEDS)) if cell.method == "random" else (0,)
+
+
+def question_seed(question: int, seed: int) -> int:
+    """The `random` method's seed for one question and one of its RANDOM_SEEDS draws."""
+    return (question * RANDOM_SEEDS + seed + 1) * 0x9E3779B97F4A7C15 % 2**63
 
 
 def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params: GenerationParams = SHORT_ANSWER,
-               progress=None, warm_up: bool = True) -> tuple[list[Outcome], dict]:
-    """Every question answered in every cell: the outcomes, and the vision time per cell and image.
-    warm_up=False skips the untimed first answer (for callers that only count correct answers)."""
+               conversation: bool = False, progress=None, warm_up: bool = True) -> tuple[list[Outcome], dict]:
+    """Every question answered in every cell: the outcomes (in benchmark order within each cell), and the
+    vision time per cell and image. With `conversation`, an image's questions are one chat: the first
+    brings the image, the others follow up. warm_up=False skips the untimed first answer (for callers that
+    only count correct answers)."""
     base = pipe.options
     if not benchmark.examples:
         raise InputError(f"{benchmark.name}: no questions to evaluate; --n must be at least 1")
@@ -165,19 +175,58 @@ def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params
         if warm_up:
             _warm_up(pipe, benchmark.examples[0], base, params)
         for index, group in enumerate(_by_image(benchmark.examples)):
-            image = group[0].load()
+            image = group[0][1].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
             for cell in todo:
                 pipe.configure(cell_options(base, cell))
                 encoded = _encoded(pipe, image, encodings)
                 vision_ms[cell].append(encoded.timings_ms["vision"])
-                for example in group:
-                    outcomes.append(_answer(pipe, encoded, example, cell, index, benchmark.normalise, params))
-                    if progress is not None:
-                        progress.update()
+                outcomes += _answer_image(pipe, encoded, group, cell, index, benchmark.normalise, params,
+                                          conversation, progress)
     finally:
         pipe.configure(base)
     return outcomes, vision_ms
+
+
+def _answer_image(pipe: Pipeline, encoded: EncodedImage, group: list[tuple[int, Example]], cell: Cell, image: int,
+                  normalise: Callable[[str], str], params: GenerationParams, conversation: bool,
+                  progress) -> list[Outcome]:
+    """One image's questions in one cell, each seed of the cell's method once; outcomes averaged over
+    the seeds."""
+    runs = []
+    for seed in seeds_for(cell):
+        pipe.configure(replace(pipe.options, seed=question_seed(group[0][0], seed)))
+        answers = []
+        for turn, (question, example) in enumerate(group):
+            if not conversation or turn == 0:
+                pipe.new_chat()
+            if not conversation:
+                pipe.configure(replace(pipe.options, seed=question_seed(question, seed)))
+            answers.append(_answer(pipe, encoded if not conversation or turn == 0 else None, example, normalise,
+                                   params))
+            if progress is not None:
+                progress.update()
+        runs.append(answers)
+    outcomes = []
+    for turn, (question, example) in enumerate(group):
+        tries = [answers[turn] for answers in runs]
+        kappa = next((t["kappa"] for t in tries if t["kappa"] is not None), None)
+        times = {stage: float(np.mean([t["times"][stage] for t in tries])) for stage in tries[0]["times"]}
+        outcomes.append(Outcome(cell, question, image, example.type, turn if conversation else 0,
+                                float(np.mean([t["correct"] for t in tries])), kappa, times))
+    return outcomes
+
+
+def _answer(pipe: Pipeline, encoded: EncodedImage | None, example: Example, normalise: Callable[[str], str],
+            params: GenerationParams) -> dict:
+    turn = pipe.ask(example.question, [] if encoded is None else [encoded], params)
+    answer = turn.text()
+    tokens = turn.images[0] if turn.images else None
+    times = {"prune": tokens.timings_ms["prune"] if tokens else 0.0,
+             "project": tokens.timings_ms["project"] if tokens else 0.0,
+             "prefill": turn.prefill_ms, "answer": turn.total_ms - turn.prefill_ms}
+    return {"correct": float(normalise(answer) == normalise(example.answer)),
+            "kappa": tokens.selection.kappa if tokens else None, "times": times}
 
 
 def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: GenerationParams) -> None:
@@ -188,10 +237,11 @@ def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: Ge
     pipe.ask(example.question, [pipe.encode_image(example.load())], params).text()
 
 
-def _by_image(examples: list[Example]) -> list[list[Example]]:
-    groups: dict[int | Path, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.image, []).append(example)
+def _by_image(examples: list[Example]) -> list[list[tuple[int, Example]]]:
+    """(question index, example) pairs grouped by image, in benchmark order."""
+    groups: dict[int | Path, list[tuple[int, Example]]] = {}
+    for question, example in enumerate(examples):
+        groups.setdefault(example.image, []).append((question, example))
     return list(groups.values())
 
 
@@ -203,150 +253,3 @@ def _encoded(pipe: Pipeline, image: Image.Image | Path, encodings: dict) -> Enco
     return encodings[key]
 
 
-def _answer(pipe: Pipeline, encoded: EncodedImage, example: Example, cell: Cell, image: int,
-            normalise: Callable[[str], str], params: GenerationParams) -> Outcome:
-    pipe.new_chat()
-    turn = pipe.ask(example.question, [encoded], params)
-    answer = turn.text()
-    tokens = turn.images[0]
-    times = {"prune": tokens.timings_ms["prune"], "project": tokens.timings_ms["project"],
-             "prefill": turn.prefill_ms, "answer": turn.total_ms - turn.prefill_ms}
-    return Outcome(cell, image, example.type, normalise(answer) == normalise(example.answer),
-                   tokens.selection.kappa, times)
-
-
-# ---- the report ----------------------------------------------------------------------------------------
-
-def summarise(model: str, benchmark: Benchmark, todo: list[Cell], outcomes: list[Outcome],
-              vision_ms: dict[Cell, list[float]], acgr_layer: int | None, positions: str) -> dict:
-    """The --json report: accuracy, retention, mean κ, per-type accuracy and stage times per cell, and
-    the Spearman correlation of κ with the per-image accuracy loss."""
-    by_cell = {cell: [o for o in outcomes if o.cell == cell] for cell in todo}
-    full_accuracy = _accuracy(by_cell[todo[0]])
-    results = [{"method": cell.method, "tokens": cell.tokens, "accuracy": _accuracy(done),
-                "retention": _accuracy(done) / full_accuracy if full_accuracy else None,
-                "kappa_mean": float(np.mean([o.kappa for o in done])),
-                "by_type": {kind: _accuracy([o for o in done if o.type == kind])
-                            for kind in sorted({o.type for o in done})},
-                "time_ms": {"vision": float(np.mean(vision_ms[cell])),
-                            **{stage: float(np.mean([o.times_ms[stage] for o in done])) for stage in STAGES}}}
-               for cell, done in by_cell.items()]
-    return {"model": model, "split": benchmark.name, "n": len(benchmark.examples),
-            "n_images": len(vision_ms[todo[0]]), "acgr_layer": acgr_layer, "positions": positions,
-            "full_accuracy": full_accuracy,
-            "results": results, "kappa_accuracy_spearman": kappa_loss_spearman(by_cell)}
-
-
-def _accuracy(outcomes: list[Outcome]) -> float:
-    return float(np.mean([o.correct for o in outcomes])) if outcomes else float("nan")
-
-
-def kappa_loss_spearman(by_cell: dict[Cell, list[Outcome]]) -> float | None:
-    """Spearman's ρ between κ and accuracy loss, one point per (pruned cell, image): the image's mean κ
-    in the cell, and its full-token accuracy minus its accuracy in the cell. None when undefined."""
-    full = next(done for cell, done in by_cell.items() if cell.method == FULL)
-    full_by_image = _per_image(full, lambda o: o.correct)
-    kappas, losses = [], []
-    for cell, done in by_cell.items():
-        if cell.method == FULL:
-            continue
-        correct, kappa = _per_image(done, lambda o: o.correct), _per_image(done, lambda o: o.kappa)
-        for image in correct:
-            kappas.append(kappa[image])
-            losses.append(full_by_image[image] - correct[image])
-    return spearman(kappas, losses)
-
-
-def _per_image(outcomes: list[Outcome], value: Callable[[Outcome], float]) -> dict[int, float]:
-    values: dict[int, list[float]] = {}
-    for o in outcomes:
-        values.setdefault(o.image, []).append(float(value(o)))
-    return {image: float(np.mean(v)) for image, v in values.items()}
-
-
-def spearman(x, y) -> float | None:
-    """Spearman's rank correlation (ties get their mean rank, as scipy.stats.spearmanr); None when
-    either side is constant or there are fewer than 3 points. (NumPy: scipy is no dependency.)"""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    _, group, count = np.unique(values, return_inverse=True, return_counts=True)
-    return (np.bincount(group, weights=ranks) / count)[group]  # tied values share their mean rank
-
-
-def table(report: dict) -> str:
-    """Markdown: a retention grid (methods × budgets, like the paper's table), then every cell in full."""
-    grid = [_retention_grid(report)] if any(r["method"] != FULL for r in report["results"]) else []
-    return "\n\n".join([_heading(report), *grid, _detail(report)])
-
-
-def _heading(report: dict) -> str:
-    rho = report["kappa_accuracy_spearman"]
-    acgr = f", in-encoder ACGR after block {report['acgr_layer']}" if report["acgr_layer"] else ""
-    packed = ", kept rows packed (--positions packed)" if report.get("positions") == "packed" else ""
-    return (f"model {report['model']}, {report['split']}: {report['n']} questions on {report['n_images']} images"
-            f"{acgr}{packed}; full-token accuracy {_percent(report['full_accuracy'])}; "
-            f"Spearman ρ(κ, accuracy loss) {'n/a' if rho is None else f'{rho:.3f}'}")
-
-
-def _retention_grid(report: dict) -> str:
-    pruned = [r for r in report["results"] if r["method"] != FULL]
-    budgets = sorted({r["tokens"] for r in pruned}, reverse=True)
-    methods = list(dict.fromkeys(r["method"] for r in pruned))
-    cell = {(r["method"], r["tokens"]): r["retention"] for r in pruned}
-    lines = ["| retention | " + " | ".join(f"{k} tokens" for k in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    lines += [f"| {m} | " + " | ".join(_percent(cell.get((m, k))) for k in budgets) + " |" for m in methods]
-    return "\n".join(lines)
-
-
-def _detail(report: dict) -> str:
-    types = sorted({kind for r in report["results"] for kind in r["by_type"]})
-    lines = ["| method | tokens | accuracy | retention | κ mean | " + " | ".join(types)
-             + " | vision ms/image | " + " | ".join(f"{s} ms" for s in STAGES) + " |",
-             "|---|" + "---|" * (5 + len(types) + len(STAGES))]
-    for r in report["results"]:
-        lines.append(f"| {r['method']} | {r['tokens']} | {_percent(r['accuracy'])} | {_percent(r['retention'])} | "
-                     f"{r['kappa_mean']:.3f} | " + " | ".join(_percent(r["by_type"].get(t)) for t in types)
-                     + f" | {r['time_ms']['vision']:.1f} | "
-                     + " | ".join(f"{r['time_ms'][s]:.2f}" for s in STAGES) + " |")
-    return "\n".join(lines)
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None or np.isnan(value) else f"{100 * value:.1f}%"
-
-
-def pyplot():
-    """matplotlib.pyplot on a file-only backend; an InputError naming the package when it is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise InputError("--plot: needs matplotlib, which is not installed; `pip install matplotlib` "
-                         "or drop --plot") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Accuracy against image tokens (log scale), one line per method; full-token accuracy dashed."""
-    plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    pruned = [r for r in report["results"] if r["method"] != FULL]
-    for method in dict.fromkeys(r["method"] for r in pruned):
-        points = sorted((r["tokens"], r["accuracy"]) for r in pruned if r["method"] == method)
-        axes.plot(*zip(*points), marker="o", label=method)
-    axes.axhline(report["full_accuracy"], linestyle="--", color="grey", label="full (576 tokens)")
-    axes.set_xscale("log", base=2)
-    axes.set(xlabel="image tokens", ylabel="accuracy", title=f"{report['model']} on {report['split']}")
-    axes.legend()
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)

@@ -81,6 +81,9 @@ def add_pruning_options(group, *, single_budget: bool) -> None:
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x the budget)")
     group.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
+    group.add_argument("--mass-bias", choices=("on", "off"), default="off",
+                       help="let the LLM weigh each kept token by how many patches it stands for (ln m_k added to "
+                            "the attention toward it, in every layer; default off)")
     group.add_argument("--positions", default="grid", choices=POSITIONS,
                        help="where the kept image tokens sit in the LLM's sequence: 'grid' (default) gives each "
                             "the position its patch has in the full 576-token image, so the question sees the "
@@ -107,6 +110,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         method=getattr(args, "method", DEFAULT_METHOD), n_keep=getattr(args, "tokens", DEFAULT_TOKENS),
         acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
         prune_options=parse_prune_options(args.prune_option), seed=getattr(args, "seed", 0) or 0,
-        positions=args.positions, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers, device=args.device,
+        positions=args.positions, mass_bias=args.mass_bias == "on", n_threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers, device=args.device,
         vision_dtype=args.vision_dtype, engine=getattr(args, "engine", "llamacpp"),
         verbose=getattr(args, "verbose", False))

@@ -43,6 +43,7 @@ class PipelineOptions:
     prune_options: dict = field(default_factory=dict)  # knobs of the methods (prune.DEFAULT_OPTIONS)
     seed: int = 0  # for the "random" method
     positions: str = "grid"  # kept rows sit at their patches' RoPE positions; "packed": one after another
+    mass_bias: bool = False  # the LLM weighs each kept row by the patches it stands for: ln m_k on its logits
     n_ctx: int = 4096  # capped at the model's training context
     n_threads: int | None = None  # None: llama.cpp's and PyTorch's defaults
     n_gpu_layers: int = 0
@@ -79,11 +80,14 @@ class ImageTokens:
     # composed through in-encoder ACGR when it ran (see grid_assignment)
     grid_assignment: np.ndarray | None = None
 
-    def rows(self, positions: str = "grid") -> ImageRows:
-        """What the engine decodes: the K rows, at their patches' positions unless "packed"."""
+    def rows(self, positions: str = "grid", mass_bias: bool = False) -> ImageRows:
+        """What the engine decodes: the K rows, at their patches' positions unless "packed", each drawing
+        attention as if it were its m_k patches when `mass_bias` (ln m_k added to every attention logit
+        toward it: proportional attention, as in ToMe)."""
+        bias = np.log(self.selection.masses).astype(np.float32) if mass_bias else None
         if positions == "packed":
-            return ImageRows(self.embeddings)
-        return ImageRows(self.embeddings, self.selection.indices, self.n_full)
+            return ImageRows(self.embeddings, bias=bias)
+        return ImageRows(self.embeddings, self.selection.indices, self.n_full, bias=bias)
 
 
 @contextmanager
@@ -221,7 +225,7 @@ class Pipeline:
         if not question.strip():
             raise InputError("question: empty; ask something about the image")
         prepared = [self.prepare(image, question) for image in images]
-        return Turn(self.engine, question, prepared, self.options.positions, params)
+        return Turn(self.engine, question, prepared, self.options, params)
 
     def new_chat(self) -> None:
         self.engine.new_chat()
@@ -232,7 +236,7 @@ class Turn:
     text pieces; stopping early (break, close()) keeps every piece so far in the conversation. Its
     figures fill in as it runs and are final once the iteration has ended."""
 
-    def __init__(self, engine: Engine, question: str, images: list[ImageTokens], positions: str,
+    def __init__(self, engine: Engine, question: str, images: list[ImageTokens], options: PipelineOptions,
                  params: GenerationParams):
         self.images = images  # the pruned images this turn added
         self.answer = ""
@@ -241,7 +245,7 @@ class Turn:
         self.total_ms = 0.0  # prefill + answer
         self.n_prompt_tokens = 0  # text tokens + image rows the prefill decoded
         self.n_answer_tokens = 0  # tokens sampled and decoded, also when stopped early
-        self._pieces = self._run(engine, question, positions, params)
+        self._pieces = self._run(engine, question, options, params)
 
     @property
     def n_image_tokens(self) -> int:
@@ -275,10 +279,10 @@ class Turn:
             pass
         return self.answer
 
-    def _run(self, engine: Engine, question: str, positions: str, params: GenerationParams) -> Iterator[str]:
+    def _run(self, engine: Engine, question: str, options: PipelineOptions, params: GenerationParams) -> Iterator[str]:
         start = time.perf_counter()
         n_before = engine.n_past
-        engine.add_user_turn(question, [image.rows(positions) for image in self.images])
+        engine.add_user_turn(question, [image.rows(options.positions, options.mass_bias) for image in self.images])
         self.prefill_ms = _ms_since(start)
         n_prompt = engine.n_past
         self.n_prompt_tokens = n_prompt - n_before

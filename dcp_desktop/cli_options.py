@@ -94,9 +94,12 @@ def add_hardware_options(parser: argparse.ArgumentParser, *, vision_dtype: str =
     """The hardware group (returned, for a tool's own hardware options)."""
     group = parser.add_argument_group("hardware")
     group.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
-    group.add_argument("--n-gpu-layers", type=int, default=0,
-                       help="LLM layers to offload to the GPU (needs a CUDA/Metal build of llama.cpp)")
-    group.add_argument("--device", default="cpu", help="torch device for the vision tower: cpu, cuda, mps")
+    group.add_argument("--n-gpu-layers", type=int, default=None,
+                       help="LLM layers to offload to the GPU (default: all of them when llama.cpp was built with "
+                            "CUDA or Metal, else 0; -1: all)")
+    group.add_argument("--device", default="auto",
+                       help="torch device for the vision tower: auto (default: the GPU if PyTorch has one), cpu, "
+                            "cuda, mps")
     group.add_argument("--vision-dtype", default=vision_dtype, choices=VISION_DTYPES,
                        help=f"the vision tower's number type (default {vision_dtype}; auto: bfloat16 where the "
                             "hardware runs it natively, else float32)")

@@ -64,7 +64,7 @@ class Engine:
     from one thread at a time (the GUI runs it in a worker thread). Close it, or use `with`."""
 
     def __init__(self, llm_path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, verbose: bool = False, backend: str = "llamacpp"):
+                 n_gpu_layers: int | None = None, verbose: bool = False, backend: str = "llamacpp"):
         if backend == "torch":
             from .torch_llama import TorchLlama  # imports transformers: only when asked for
 

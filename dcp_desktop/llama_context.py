@@ -30,15 +30,26 @@ llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 llama_cpp.llama_backend_init()
 
 
+ALL_LAYERS = 2**31 - 1  # llama.cpp caps n_gpu_layers at the model's layer count
+
+
+def gpu_layers(requested: int | None) -> int:
+    """LLM layers to offload: as requested, or, when None, all of them if llama.cpp has a GPU backend."""
+    if requested is not None:
+        return ALL_LAYERS if requested < 0 else requested
+    return ALL_LAYERS if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 class LlamaVocab:
     """A model file's vocabulary alone (no weights, no context): tokenize and detokenize."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = 0, verbose: bool = False, vocab_only: bool = True):
+    def __init__(self, path: str | Path, *, n_gpu_layers: int | None = 0, verbose: bool = False,
+                 vocab_only: bool = True):
         global _verbose
         _verbose = verbose
         self.model = None
         params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
+        params.n_gpu_layers = gpu_layers(n_gpu_layers)
         params.vocab_only = vocab_only
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
@@ -83,7 +94,7 @@ class LlamaContext(LlamaVocab):
     """One model file, one context, sequence 0. Attributes are read-only facts of the loaded model."""
 
     def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, verbose: bool = False):
+                 n_gpu_layers: int | None = None, verbose: bool = False):
         self.ctx = None
         super().__init__(path, n_gpu_layers=n_gpu_layers, verbose=verbose, vocab_only=False)
         cores = os.cpu_count() or 1

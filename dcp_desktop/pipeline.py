@@ -26,7 +26,7 @@ from .image import load_image, preprocess
 from .models import ModelFiles, ModelInfo, validate
 from .prune import METHODS, TEXT_AWARE, Selection, select
 from .question import TokenEmbeddings
-from .vision import EncoderState, VisionTower, pick_dtype
+from .vision import EncoderState, VisionTower, pick_device, pick_dtype
 
 DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
@@ -46,8 +46,8 @@ class PipelineOptions:
     mass_bias: bool = False  # the LLM weighs each kept row by the patches it stands for: ln m_k on its logits
     n_ctx: int = 4096  # capped at the model's training context
     n_threads: int | None = None  # None: llama.cpp's and PyTorch's defaults
-    n_gpu_layers: int = 0
-    device: str = "cpu"  # the vision tower's torch device: cpu, cuda, mps
+    n_gpu_layers: int | None = None  # None: every layer when llama.cpp has a GPU backend, else 0
+    device: str = "auto"  # the vision tower's torch device: auto (the GPU if any), cpu, cuda, mps
     vision_dtype: str = "auto"  # auto, float32, bfloat16, float16 (see vision.pick_dtype)
     engine: str = "llamacpp"  # the LLM in llama.cpp, or "torch" for evaluations (torch_llama.py)
     verbose: bool = False
@@ -131,8 +131,8 @@ class Pipeline:
             self.info: ModelInfo = validate(files)  # cheap metadata checks before anything loads
             if options.n_threads:
                 torch.set_num_threads(options.n_threads)
-            self.vision = VisionTower.from_gguf(files.mmproj, device=options.device,
-                                                dtype=pick_dtype(options.vision_dtype, options.device))
+            device = pick_device(options.device)
+            self.vision = VisionTower.from_gguf(files.mmproj, device=device, dtype=pick_dtype(options.vision_dtype, device))
             self.configure(options)
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,

@@ -170,6 +170,17 @@ class VisionTower(torch.nn.Module):
 VISION_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def pick_device(name: str) -> str:
+    """The tower's torch device. "auto": the GPU when PyTorch has one (CUDA, then Apple's MPS), else cpu."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def pick_dtype(name: str, device: str) -> torch.dtype:
     """The tower's compute type. "auto": bfloat16 where the hardware runs it natively (CPUs with
     AVX-512, CUDA GPUs that support it; ~2.5× faster than float32 for ViT-L on a 2-core AVX-512

@@ -130,7 +130,7 @@ class ChatController(QObject):
 
     def _model_request(self) -> ModelRequest:
         options = PipelineOptions(method=self.method, n_keep=self.n_keep, n_threads=self.settings.n_threads or None,
-                                  n_gpu_layers=self.settings.n_gpu_layers)
+                                  n_gpu_layers=None if self.settings.n_gpu_layers < 0 else self.settings.n_gpu_layers)
         return ModelRequest(*self.model_files, options)
 
     def _on_model_loaded(self, request: ModelRequest, name: str) -> None:

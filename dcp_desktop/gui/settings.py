@@ -67,7 +67,7 @@ class Settings:
     n_keep = _Value("chat/tokens", int, DEFAULT_TOKENS)
     temperature = _Value("generation/temperature", float, 0.0)
     max_tokens = _Value("generation/max_tokens", int, 256)
-    n_gpu_layers = _Value("hardware/n_gpu_layers", int, 0)
+    n_gpu_layers = _Value("hardware/n_gpu_layers", int, -1)  # -1: automatic (PipelineOptions.n_gpu_layers None)
     n_threads = _Value("hardware/threads", int, 0)  # 0: llama.cpp's and PyTorch's defaults
     geometry = _Value("window/geometry", QByteArray, None)
     window_state = _Value("window/state", QByteArray, None)

@@ -14,9 +14,10 @@ class SettingsDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.settings = settings
-        self.gpu_layers = QSpinBox(self, minimum=0, maximum=999, value=settings.n_gpu_layers)
-        self.gpu_layers.setToolTip("LLM layers offloaded to the GPU; needs a CUDA or Metal build of "
-                                   "llama-cpp-python (99 = all)")
+        self.gpu_layers = QSpinBox(self, minimum=-1, maximum=999, value=settings.n_gpu_layers)
+        self.gpu_layers.setSpecialValueText("automatic")  # -1: every layer when llama.cpp has a GPU backend
+        self.gpu_layers.setToolTip("LLM layers offloaded to the GPU; needs a CUDA or Metal build of llama.cpp "
+                                   "(automatic: all of them when there is one, else none)")
         self.threads = QSpinBox(self, minimum=0, maximum=max(64, os.cpu_count() or 1), value=settings.n_threads)
         self.threads.setSpecialValueText("automatic")
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,

@@ -6,7 +6,7 @@
 // the same choices (top-k, neighbours, centres, picks), so every score that is compared is built
 // from the same IEEE operations in the same fixed order on both sides, and ties break the same
 // way. Sums that decide anything go through lane_dot, whose order the twin replays lane by lane
-// (prune_reference.lane_dot); the build turns off FMA contraction and never uses -ffast-math.
+// (prune_reference/common.py lane_dot); the build turns off FMA contraction and never uses -ffast-math.
 // A helper whose result depends on an order NumPy does not replay (a plain float loop, BLAS)
 // does not belong here.
 

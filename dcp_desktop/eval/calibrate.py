@@ -7,8 +7,7 @@ grid while the others stay fixed, and keeps the value with the best mean accurac
 budgets (ties keep the earlier value: the default first). The encoder knobs come last: the ViT block
 after which ACGR prunes inside the encoder (or none), then the anchors it keeps as a multiple of K.
 Prints every value tried and the chosen set; the chosen values are then written into the defaults by hand
-(native/prune.cpp dcp_options_default, prune_reference.DEFAULT_OPTIONS) and checked with
-`dcp-eval --split test`.
+(the option table in native/methods.cpp, the one place they live) and checked with `dcp-eval --split test`.
 
 With 100 images × 4 questions an accuracy near 80% has a 95% interval of about ±4 points, so one pass over
 the grids is a coarse choice, not a fine optimum.

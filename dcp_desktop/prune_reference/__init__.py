@@ -17,33 +17,21 @@ from . import baselines, dcp, simple
 from .common import Tokens, kappa
 from .simple import pool_cell_grid  # prune.select lays pool's cells out with it
 
-# Must equal dcp_options_default() in native/prune.cpp (a test holds them equal). The DCP-Prune knobs were
-# calibrated on the validation split (docs/results/calibration-validation.md).
-DEFAULT_OPTIONS = {
-    "acgr_n_neighbors": 4,
-    "acgr_spatial_weight": 0.5,
-    "acgr_spatial_sigma": 2.0,
-    "tau": 0.2,
-    "tatcs_text_weight": 0.25,
-    "tatcs_relevance_mix": 0.5,
-    "visionzip_dominant_ratio": 54.0 / 64.0,
-    "cdpruner_theta": 0.5,
-}
-
 SELECTORS = {"full": simple.full, "pool": simple.pool, "fastervlm": simple.fastervlm, "random": simple.random,
              "visionzip": baselines.visionzip, "divprune": baselines.divprune, "cdpruner": baselines.cdpruner,
              "acgr": dcp.acgr, "tatcs": dcp.tatcs, "dcp": dcp.dcp}
 
 
 def prune(features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_keep, method, seed, options):
-    """Same contract as dcp_desktop._native.prune, for already-validated inputs."""
+    """Same contract as dcp_desktop._native.prune, for already-validated inputs, except that `options`
+    must hold every option (prune.select passes DEFAULT_OPTIONS with the overrides applied)."""
     n = len(features)
     tokens = Tokens(
         features=features, cls_attn=cls_attn, keys=keys,
         masses=np.ones(n, np.float32) if masses is None else masses,
         patch_idx=np.arange(n, dtype=np.int32) if patch_idx is None else patch_idx,
         text=text if text is not None and len(text) else None, grid=(grid_h, grid_w))
-    out = SELECTORS[method](tokens, n_keep, seed, {**DEFAULT_OPTIONS, **options})
+    out = SELECTORS[method](tokens, n_keep, seed, options)
     order = np.argsort(out.rows, kind="stable")  # patch order
     rank = np.empty(len(order), np.int64)  # method-local token → output token
     rank[order] = np.arange(len(order))

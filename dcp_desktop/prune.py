@@ -35,9 +35,15 @@ class Option:
     default: float
     min: float
     min_exclusive: bool
-    max: float  # float32's largest finite value: no upper bound
+    max: float  # float32's largest finite value means no upper bound (see `bounded`)
     methods: tuple[str, ...]
     doc: str
+
+    @property
+    def bounded(self) -> bool:
+        """False when the maximum is float32's largest value: any finite float32 is allowed (a larger
+        number becomes Inf as float32, which the finiteness test refuses)."""
+        return self.max != _FLOAT32_MAX
 
     def allows(self, value: float) -> bool:
         """Whether the native core accepts `value`, already rounded as it stores it (float32), by the
@@ -45,14 +51,14 @@ class Option:
         if not math.isfinite(value) or (self.integer and value != int(value)):
             return False
         above_min = value > self.min if self.min_exclusive else value >= self.min
-        return above_min and value <= self.max
+        return above_min and (not self.bounded or value <= self.max)
 
     @property
     def allowed(self) -> str:
         """The range in words, as errors state it."""
         if self.integer:
             return f"a whole number in {int(self.min)}..{int(self.max)}"
-        if self.max == _FLOAT32_MAX:
+        if not self.bounded:
             return f"a finite number {'>' if self.min_exclusive else '>='} {self.min:g}"
         return f"a number in {'(' if self.min_exclusive else '['}{self.min:g}, {self.max:g}]"
 

@@ -173,7 +173,7 @@ enum dcp_status {
     DCP_STATUS_UNKNOWN_OPTION,       // dcp_options_set: no option has this name
 };
 
-// Every knob of the methods above, each used as the method comments say. Each field's default,
+// Every knob of the methods above (their comments say how each is used). Each field's default,
 // range, the methods that read it and a one-line doc are a row of the option table
 // (dcp_option_info, below); get the defaults from dcp_options_default(). The DCP-Prune defaults
 // are chosen on the benchmark's validation split (see README, "Calibration").

@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from .errors import InputError
-from .models import gguf_value, open_gguf, tensor_array
+from .gguf_file import gguf_value, open_gguf, tensor_array
 
 # SentencePiece token types as llama.cpp reads them (gguf.TokenType).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6

@@ -13,16 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from gguf import GGUFReader
-from gguf.quants import dequantize
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import HTTPError, XetDownloadError
 from huggingface_hub.utils import silent_tqdm
 
 from .errors import InputError
+from .gguf_file import LLAVA_PROJECTOR, VisionConfig, gguf_value, open_gguf, projector_type, read_vision
 
 
 # --- catalog ---------------------------------------------------------------------------------------
@@ -118,7 +116,7 @@ class ModelInfo:
     llm: Path
     mmproj: Path
     n_embd: int  # LLM embedding width == projector output width
-    vision: dict[str, Any]  # clip.vision.* hyper-parameters, keys as in _VISION_KEYS
+    vision: VisionConfig  # the mmproj's vision tower and projector
     llm_arch: str  # general.architecture of the LLM, e.g. 'llama'
     n_ctx_train: int
     size_bytes: int  # both files on disk
@@ -302,120 +300,19 @@ def list_models() -> list[ModelStatus]:
     return statuses
 
 
-# --- reading GGUF metadata -------------------------------------------------------------------------
-
-def tensor_array(tensor) -> np.ndarray:
-    """A GGUF tensor as float32 in numpy layout (GGUF lists dims innermost first)."""
-    data = dequantize(tensor.data, tensor.tensor_type)
-    return np.array(data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(tensor.shape)))
-
-
-_REQUIRED = object()
-
-
-def gguf_value(reader: GGUFReader, key: str | tuple[str, ...], default: Any = _REQUIRED) -> Any:
-    """Metadata value `key` as a Python str, int, float, bool or list (for arrays).
-
-    `key` may be a tuple of names for one setting, tried in order (files from different converters).
-    A missing key returns `default`, or raises InputError naming the file when no default is given.
-    """
-    keys = (key,) if isinstance(key, str) else key
-    for name in keys:
-        field = reader.get_field(name)
-        if field is not None:
-            return field.contents()
-    if default is not _REQUIRED:
-        return default
-    raise InputError(
-        f"{reader.data.filename}: GGUF metadata key '{keys[0]}' is missing; the file is incomplete or "
-        "comes from a converter dcp-chat does not support (use llama.cpp's LLaVA converter)"
-    )
-
-
-class _Truncated(Exception):
-    def __init__(self, needed: int):
-        self.needed = needed
-
-
-class _CheckedReader(GGUFReader):
-    """GGUFReader that reports a file cut short as such, instead of failing somewhere in numpy.
-
-    gguf 0.19 reads every header item and tensor through `_get`, slicing its memory map; past the end
-    of the file the slice is silently short. Checking the end here catches a cut header, cut metadata
-    and cut tensor data alike, with the number of bytes that were needed.
-    """
-
-    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
-        end = offset + np.dtype(dtype).itemsize * int(count)
-        if end > self.data.size:
-            raise _Truncated(end)
-        return super()._get(offset, dtype, count, override_order)
-
-
-def open_gguf(path: Path | str, model_name: str | None = None) -> GGUFReader:
-    """A memory-mapped reader for `path`; InputError if it is missing, not a GGUF, cut short or broken.
-
-    `model_name`, when it is a catalog name, makes the "truncated" message suggest `dcp-chat pull`.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as file:
-            magic = file.read(4)
-    except OSError as error:
-        raise InputError(f"{path}: cannot read it ({error.strerror}); check the path") from error
-    if magic != b"GGUF":
-        found = f"starts with {magic!r}" if magic else "the file is empty"
-        raise InputError(f"{path}: not a GGUF file ({found}, expected b'GGUF'); pass a .gguf model file")
-    try:
-        return _CheckedReader(path)
-    except _Truncated as cut:
-        size = path.stat().st_size
-        raise InputError(
-            f"{path}: truncated GGUF (expected at least {cut.needed} bytes, found {size}); "
-            f"{_redownload_hint(path, model_name)}"
-        ) from None
-    except (ValueError, KeyError, IndexError) as error:  # what gguf raises on corrupt metadata
-        hint = _redownload_hint(path, model_name)
-        raise InputError(f"{path}: unreadable GGUF ({error}); {hint}") from error
-
-
-def _redownload_hint(path: Path, model_name: str | None) -> str:
-    if model_name in {entry.name for entry in CATALOG}:
-        # In the HF cache `path` is a link to a blob: delete the blob, or pull would reuse it.
-        return f"delete {path.resolve()} and download again (`dcp-chat pull {model_name}`)"
-    return "get a complete copy of the file"
-
-
 # --- validation ------------------------------------------------------------------------------------
-
-# ModelInfo.vision key -> GGUF key, as written by llama.cpp's LLaVA converter and read by its clip loader.
-_VISION_KEYS = {
-    "image_size": "clip.vision.image_size",
-    "patch_size": "clip.vision.patch_size",
-    "embedding_length": "clip.vision.embedding_length",
-    "feed_forward_length": "clip.vision.feed_forward_length",
-    "block_count": "clip.vision.block_count",
-    "head_count": "clip.vision.attention.head_count",
-    "layer_norm_epsilon": "clip.vision.attention.layer_norm_epsilon",
-    "image_mean": "clip.vision.image_mean",
-    "image_std": "clip.vision.image_std",
-}
-# The projector type moved: one key for single-modality files, a per-modality key for mixed ones.
-_PROJECTOR_TYPE_KEYS = ("clip.projector_type", "clip.vision.projector_type")
-_LLAVA_TENSORS = ("mm.0.weight", "mm.2.weight")
-
 
 def validate(files: ModelFiles) -> ModelInfo:
     """Check that `files` are a LLaVA-1.5 LLM + mmproj pair llama.cpp and our vision code can run,
     reading only GGUF metadata (never llama.cpp). Returns what was read; InputError otherwise."""
-    llm = open_gguf(_existing_file(files.llm, "model"), files.name)
-    mmproj = open_gguf(_existing_file(files.mmproj, "mmproj"), files.name)
+    redownload = f"`dcp-chat pull {files.name}`" if files.name in {entry.name for entry in CATALOG} else None
+    llm = open_gguf(_existing_file(files.llm, "model"), redownload=redownload)
+    mmproj = open_gguf(_existing_file(files.mmproj, "mmproj"), redownload=redownload)
     llm_arch, n_embd, n_ctx_train = _check_llm(llm, files.llm)
     vision = _check_mmproj(mmproj, files.mmproj)
-    width = _projector_width(mmproj)
-    if width != n_embd:
+    if vision.n_embd != n_embd:
         raise InputError(
-            f"mmproj {files.mmproj} projects to {width} values per token but LLM {files.llm} has "
+            f"mmproj {files.mmproj} projects to {vision.n_embd} values per token but LLM {files.llm} has "
             f"n_embd {n_embd}: these files are not a pair; use the mmproj published with this LLM"
         )
     size = files.llm.stat().st_size + files.mmproj.stat().st_size
@@ -433,7 +330,7 @@ def _check_llm(reader: GGUFReader, path: Path) -> tuple[str, int, int]:
     return arch, int(n_embd), int(gguf_value(reader, f"{arch}.context_length"))
 
 
-def _check_mmproj(reader: GGUFReader, path: Path) -> dict[str, Any]:
+def _check_mmproj(reader: GGUFReader, path: Path) -> VisionConfig:
     arch = gguf_value(reader, "general.architecture", None)
     if arch != "clip":
         raise InputError(
@@ -442,30 +339,10 @@ def _check_mmproj(reader: GGUFReader, path: Path) -> dict[str, Any]:
         )
     if not gguf_value(reader, "clip.has_vision_encoder", False):
         raise InputError(f"{path}: CLIP file without a vision encoder; pass the mmproj file of a LLaVA model")
-    projector = _projector_type(reader)
-    if projector != "mlp":
+    projector = projector_type(reader)
+    if projector != LLAVA_PROJECTOR:
         raise InputError(
             f"{path}: projector type is '{projector}', expected LLaVA-1.5's 2-layer MLP ('mlp'); "
             "dcp-chat runs LLaVA-1.5-architecture models only"
         )
-    names = {tensor.name for tensor in reader.tensors}
-    for name in _LLAVA_TENSORS:
-        if name not in names:
-            raise InputError(f"{path}: LLaVA projector tensor '{name}' is missing; the mmproj is incomplete")
-    return {short: gguf_value(reader, key) for short, key in _VISION_KEYS.items()}
-
-
-def _projector_type(reader: GGUFReader) -> str | None:
-    """'mlp' for a LLaVA projector. Files converted before projector types existed (2023) only say
-    clip.has_llava_projector; our PyTorch path runs them, though current llama.cpp mtmd refuses them."""
-    projector = gguf_value(reader, _PROJECTOR_TYPE_KEYS, None)
-    if projector is None and gguf_value(reader, "clip.has_llava_projector", False):
-        return "mlp"
-    return projector
-
-
-def _projector_width(reader: GGUFReader) -> int:
-    """Output width of mm.2 (rows of its weight). GGUF lists dimensions fastest-first (ne0 = inputs,
-    ne1 = outputs), the reverse of numpy's `tensor.data.shape`, which is a byte shape when quantised."""
-    mm2 = next(tensor for tensor in reader.tensors if tensor.name == "mm.2.weight")
-    return int(mm2.shape[1])
+    return read_vision(reader, path)

@@ -22,9 +22,10 @@ import torch
 
 from .engine import Engine, GenerationParams, ImageRows
 from .errors import InputError
+from .gguf_file import VisionConfig
 from .image import load_image, preprocess
 from .models import ModelFiles, ModelInfo, validate
-from .prune import METHODS, TEXT_AWARE, Selection, select
+from .prune import METHODS, TEXT_AWARE, Selection, check_n_keep, select
 from .question import TokenEmbeddings
 from .vision import EncoderState, VisionTower, pick_device, pick_dtype
 
@@ -97,15 +98,17 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
-def check_budget(options: PipelineOptions, n_patches: int, n_blocks: int) -> tuple[int, int | None, int]:
-    """(K, ACGR layer or None, M) for these options; InputError for anything out of range."""
+def check_budget(options: PipelineOptions, cfg: VisionConfig) -> tuple[int, int | None, int]:
+    """(K, ACGR layer or None, M) for these options on this vision tower; InputError naming the
+    command-line flag for anything out of range."""
     if options.method not in METHODS:
         raise InputError(f"--method: unknown '{options.method}'; choose one of {', '.join(METHODS)}")
     if options.positions not in POSITIONS:
         raise InputError(f"--positions: unknown '{options.positions}'; choose one of {', '.join(POSITIONS)}")
+    n_patches, n_blocks = cfg.n_patches, cfg.n_blocks
     n_keep = n_patches if options.method == "full" else options.n_keep
-    if not 1 <= n_keep <= n_patches:
-        raise InputError(f"--tokens: expected 1..{n_patches} image tokens, got {n_keep}")
+    n_keep = check_n_keep(n_keep, options.method, n_patches, (cfg.grid, cfg.grid), whole_grid=True,
+                          argument="--tokens")
     layer = options.acgr_layer
     if layer is None or layer == n_blocks:
         return n_keep, None, n_patches
@@ -141,8 +144,7 @@ class Pipeline:
     def configure(self, options: PipelineOptions) -> None:
         """Switch method, budget, encoder layer or knobs without reloading the models (the loading
         options — threads, device, context — keep the values the Pipeline was built with)."""
-        cfg = self.vision.cfg
-        self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, cfg.n_patches, cfg.n_blocks)
+        self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, self.vision.cfg)
         self.options = options
         if options.method in TEXT_AWARE and self.token_embeddings is None:
             self.token_embeddings = TokenEmbeddings(self.files.llm)  # question rows come from the LLM file

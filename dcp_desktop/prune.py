@@ -21,26 +21,55 @@ import numpy as np
 from dcp_desktop import _native, prune_reference
 from dcp_desktop.errors import InputError
 
-METHODS = ("full", "pool", "fastervlm", "random", "visionzip", "divprune", "cdpruner", "acgr", "tatcs", "dcp")
-_NEEDS_CLS_ATTN = frozenset({"fastervlm", "visionzip", "acgr", "tatcs", "dcp"})
-TEXT_AWARE = frozenset({"cdpruner", "tatcs", "dcp"})  # use `text` when given, fall back without it
-DEFAULT_OPTIONS = _native.default_options()
+# ---- the method and option facts, from the native core's tables (native/methods.cpp) ------------
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A row of the native option table: a method knob, its range and the methods that read it."""
+
+    name: str
+    integer: bool  # stored as int32 by the native core (else float32)
+    default: float
+    min: float
+    min_exclusive: bool
+    max: float  # float32's largest finite value means no upper bound (see `bounded`)
+    methods: tuple[str, ...]
+    doc: str
+
+    @property
+    def bounded(self) -> bool:
+        """False when the maximum is float32's largest value: any finite float32 is allowed (a larger
+        number becomes Inf as float32, which the finiteness test refuses)."""
+        return self.max != _FLOAT32_MAX
+
+    def allows(self, value: float) -> bool:
+        """Whether the native core accepts `value`, already rounded as it stores it (float32), by the
+        core's range test. A fraction for an integer option is refused: the core would truncate it."""
+        if not math.isfinite(value) or (self.integer and value != int(value)):
+            return False
+        above_min = value > self.min if self.min_exclusive else value >= self.min
+        return above_min and (not self.bounded or value <= self.max)
+
+    @property
+    def allowed(self) -> str:
+        """The range in words, as errors state it."""
+        if self.integer:
+            return f"a whole number in {int(self.min)}..{int(self.max)}"
+        if not self.bounded:
+            return f"a finite number {'>' if self.min_exclusive else '>='} {self.min:g}"
+        return f"a number in {'(' if self.min_exclusive else '['}{self.min:g}, {self.max:g}]"
+
+
+_METHOD_ROWS = _native.methods()
+METHODS = tuple(row["name"] for row in _METHOD_ROWS)
+TEXT_AWARE = frozenset(row["name"] for row in _METHOD_ROWS if row["text_aware"])  # use `text` when given
+_NEEDS_CLS_ATTN = frozenset(row["name"] for row in _METHOD_ROWS if row["needs_cls_attn"])
+OPTIONS = {row["name"]: Option(**row) for row in _native.options()}
+DEFAULT_OPTIONS = {name: option.default for name, option in OPTIONS.items()}
 _IMPLS = {"native": _native.prune, "reference": prune_reference.prune}
-_INT32_MAX = 2**31 - 1
-# The ranges documented on struct dcp_options (native/prune.h) that options_are_valid enforces,
-# tested on the value native sees (float32, or int32 for those in _INT_OPTIONS) so that both impls
-# accept exactly the same options. name: (the range as errors state it, the test).
-_OPTION_RANGES = {
-    "acgr_n_neighbors": (f"a whole number in 1..{_INT32_MAX}", lambda v: v == int(v) and 1 <= v <= _INT32_MAX),
-    "acgr_spatial_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
-    "acgr_spatial_sigma": ("a finite number > 0", lambda v: 0 < v < math.inf),
-    "tau": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
-    "tatcs_text_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf),
-    "tatcs_relevance_mix": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
-    "visionzip_dominant_ratio": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
-    "cdpruner_theta": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
-}
-_INT_OPTIONS = frozenset({"acgr_n_neighbors"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +96,7 @@ def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int
     masses: (N,) patches each token already stands for (default 1); patch_idx: (N,) ascending.
     text: (T, D) question token embeddings in the feature space, for cdpruner, tatcs and dcp. An
       empty or missing question makes them fall back to text-free scores (relevance is ignored).
-    options: overrides of DEFAULT_OPTIONS (see native/prune.h). seed: drives "random" only.
+    options: overrides of DEFAULT_OPTIONS (OPTIONS says what each does). seed: drives "random" only.
     Raises InputError naming the argument for any bad input.
     """
     grid_h, grid_w = _check_grid(grid)
@@ -79,8 +108,8 @@ def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int
     masses = None if masses is None else _check_masses(masses, n_tokens)  # (N,)
     patch_idx = None if patch_idx is None else _check_patch_idx(patch_idx, grid_h * grid_w)  # (N,)
     text = None if text is None else _check_rows("text", text, None, features.shape[1])  # (T, D)
-    n_keep = _check_n_keep(n_keep, method, n_tokens, grid_h, grid_w, whole_grid=patch_idx is None)
-    options = _check_options(options)
+    n_keep = check_n_keep(n_keep, method, n_tokens, (grid_h, grid_w), whole_grid=patch_idx is None)
+    options = {**DEFAULT_OPTIONS, **_check_options(options)}  # both impls get every option
     seed = _check_seed(seed)
     prune = _check_impl(impl)
     indices, kept, kept_masses, kappa, used_tatcs, assignment = prune(
@@ -182,19 +211,19 @@ def _check_options(options) -> dict:
 def _check_option(name: str, value) -> float:
     """The option as a float, if native accepts it: a finite number in its range, as float32 (or
     int32) holds it. A value that rounds into the range is accepted, one that rounds out is not."""
-    allowed, in_range = _OPTION_RANGES[name]
+    option = OPTIONS[name]
     try:
         number = float(value) if isinstance(value, (int, float)) else math.nan
     except OverflowError:  # an int beyond float64
         number = math.inf
     seen = number
-    if name not in _INT_OPTIONS and math.isfinite(number):
+    if not option.integer and math.isfinite(number):
         with np.errstate(over="ignore", under="ignore"):  # out of float32: Inf (rejected) or 0
             seen = float(np.float32(number))
-    if not (math.isfinite(seen) and in_range(seen)):
-        rounded_out = math.isfinite(number) and in_range(number)  # only float32 rounding rejects it
+    if not option.allows(seen):
+        rounded_out = option.allows(number)  # only float32 rounding rejects it
         as_native = f" (as float32: {seen!r})" if rounded_out else ""
-        raise InputError(f"options: {name} must be {allowed}, got {value!r}{as_native}")
+        raise InputError(f"options: {name} must be {option.allowed}, got {value!r}{as_native}")
     return number
 
 
@@ -214,23 +243,27 @@ def _pool_fits(n_keep: int, grid_h: int, grid_w: int) -> bool:
     return rows <= grid_h and cols <= grid_w
 
 
-def _check_n_keep(n_keep, method: str, n_tokens: int, grid_h: int, grid_w: int, whole_grid: bool) -> int:
+def check_n_keep(n_keep, method: str, n_tokens: int, grid: tuple[int, int], *, whole_grid: bool,
+                 argument: str = "n_keep") -> int:
+    """`n_keep` as an int, if `method` can keep that many of `n_tokens` tokens on a `grid` (rows, cols);
+    InputError naming `argument` (the CLI passes "--tokens") otherwise. whole_grid: the tokens are
+    the whole grid, not a subset (pool needs it). The one check of K in Python; native checks again."""
     try:
         n_keep = operator.index(n_keep)
     except TypeError:
-        raise InputError(f"n_keep: expected an integer number of image tokens, got {n_keep!r}") from None
+        raise InputError(f"{argument}: expected an integer number of image tokens, got {n_keep!r}") from None
     if not 1 <= n_keep <= n_tokens:
-        raise InputError(f"n_keep: expected 1..{n_tokens} image tokens, got {n_keep}")
+        raise InputError(f"{argument}: expected 1..{n_tokens} image tokens, got {n_keep}")
     if method == "full" and n_keep != n_tokens:
-        raise InputError(f"n_keep: method 'full' keeps all {n_tokens} image tokens, got {n_keep}")
+        raise InputError(f"{argument}: method 'full' keeps all {n_tokens} image tokens, got {n_keep}")
     if method == "pool" and not whole_grid:
         raise InputError("patch_idx: method 'pool' needs the whole patch grid, not a subset")
-    if method == "pool" and not _pool_fits(n_keep, grid_h, grid_w):
+    if method == "pool" and not _pool_fits(n_keep, *grid):
         rows, cols = prune_reference.pool_cell_grid(n_keep)
-        nearest = min((k for k in range(1, n_tokens + 1) if _pool_fits(k, grid_h, grid_w)),
+        nearest = min((k for k in range(1, n_tokens + 1) if _pool_fits(k, *grid)),
                       key=lambda k: (abs(k - n_keep), k))
-        raise InputError(f"n_keep: method 'pool' lays {n_keep} tokens out as {rows}×{cols}, which does "
-                         f"not fit the {grid_h}×{grid_w} patch grid; try n_keep={nearest}")
+        raise InputError(f"{argument}: method 'pool' lays {n_keep} tokens out as {rows}×{cols}, which does "
+                         f"not fit the {grid[0]}×{grid[1]} patch grid; try {argument}={nearest}")
     return n_keep
 
 

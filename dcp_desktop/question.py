@@ -15,7 +15,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from .errors import InputError
-from .models import open_gguf
+from .gguf_file import open_gguf
 
 
 class TokenEmbeddings:

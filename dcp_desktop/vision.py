@@ -21,34 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gguf import GGUFReader
 
 from .errors import InputError
-from .models import gguf_value, open_gguf, tensor_array
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    image_size: int  # 336
-    patch_size: int  # 14
-    width: int  # 1024 for ViT-L
-    ff_width: int  # 4096 for ViT-L
-    n_heads: int
-    n_blocks: int  # stored blocks (23 for LLaVA-1.5 ViT-L)
-    eps: float
-    quick_gelu: bool  # CLIP's activation; exact GELU when the file says clip.use_gelu
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
-    proj_hidden: int  # mm.0 output width
-    n_embd: int  # projector output = LLM width
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size  # 24
-
-    @property
-    def n_patches(self) -> int:
-        return self.grid * self.grid  # 576
+from .gguf_file import VisionConfig, open_gguf, read_vision, tensor_array
 
 
 @dataclass
@@ -118,7 +93,7 @@ class VisionTower(torch.nn.Module):
     @classmethod
     def from_gguf(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         reader = open_gguf(path)
-        cfg = read_config(reader, Path(path))
+        cfg = read_vision(reader, Path(path))
         tower = cls(cfg)
         load_weights(tower, {t.name: t for t in reader.tensors}, Path(path))
         return tower.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -193,29 +168,6 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     if kind == "mps":
         return torch.float16
     return torch.bfloat16 if "AVX512" in torch.backends.cpu.get_cpu_capability() else torch.float32
-
-
-def read_config(reader: GGUFReader, path: Path) -> VisionConfig:
-    def value(key, default=...):
-        return gguf_value(reader, key) if default is ... else gguf_value(reader, key, default)
-
-    tensors = {t.name: t for t in reader.tensors}
-    if "mm.0.weight" not in tensors or "mm.2.weight" not in tensors:
-        raise InputError(f"{path}: no LLaVA projector (tensors mm.0/mm.2); pass an mmproj file with --mmproj")
-    return VisionConfig(
-        image_size=int(value("clip.vision.image_size")),
-        patch_size=int(value("clip.vision.patch_size")),
-        width=int(value("clip.vision.embedding_length")),
-        ff_width=int(value("clip.vision.feed_forward_length")),
-        n_heads=int(value("clip.vision.attention.head_count")),
-        n_blocks=int(value("clip.vision.block_count")),
-        eps=float(value("clip.vision.attention.layer_norm_epsilon")),
-        quick_gelu=not bool(value("clip.use_gelu", False)),
-        image_mean=tuple(float(x) for x in value("clip.vision.image_mean")),
-        image_std=tuple(float(x) for x in value("clip.vision.image_std")),
-        proj_hidden=int(tensors["mm.0.weight"].shape[1]),
-        n_embd=int(tensors["mm.2.weight"].shape[1]),
-    )
 
 
 def _ffn_pair(tensors: dict, i: int, width: int) -> tuple[str, str]:

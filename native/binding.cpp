@@ -38,50 +38,60 @@ using prune_result = std::tuple<numpy_out<int32_t, nb::shape<-1>>,
                                 numpy_out<float, nb::shape<-1>>, float, bool,
                                 numpy_out<int32_t, nb::shape<-1>>>;
 
-// dcp_options fields by their Python name. Integer options are stored as int32.
-struct option_field {
-    const char * name;
-    float dcp_options::*real;
-    int32_t dcp_options::*integer;
-};
-
-constexpr option_field k_options[] = {
-    {"acgr_n_neighbors", nullptr, &dcp_options::acgr_n_neighbors},
-    {"acgr_spatial_weight", &dcp_options::acgr_spatial_weight, nullptr},
-    {"acgr_spatial_sigma", &dcp_options::acgr_spatial_sigma, nullptr},
-    {"tau", &dcp_options::tau, nullptr},
-    {"tatcs_text_weight", &dcp_options::tatcs_text_weight, nullptr},
-    {"tatcs_relevance_mix", &dcp_options::tatcs_relevance_mix, nullptr},
-    {"visionzip_dominant_ratio", &dcp_options::visionzip_dominant_ratio, nullptr},
-    {"cdpruner_theta", &dcp_options::cdpruner_theta, nullptr},
-};
-
-options_map default_options() {
-    const dcp_options defaults = dcp_options_default();
-    options_map values;
-    for (const option_field & field : k_options) {
-        values[field.name] = field.real ? double(defaults.*field.real) : double(defaults.*field.integer);
-    }
-    return values;
-}
-
+// {name: value} → dcp_options: the defaults, with each given option set by name (ranges are
+// checked by dcp_prune).
 dcp_options parse_options(const options_map & values) {
     dcp_options options = dcp_options_default();
     for (const auto & [name, value] : values) {
-        const option_field * field = nullptr;
-        for (const option_field & f : k_options) {
-            field = name == f.name ? &f : field;
-        }
-        if (!field) {
-            throw std::invalid_argument("options: unknown option '" + name + "'");
-        }
-        if (field->real) {
-            options.*field->real = float(value);
-        } else {
-            options.*field->integer = int32_t(value);
+        const dcp_status status = dcp_options_set(&options, name.c_str(), value);
+        if (status != DCP_STATUS_OK) {
+            throw std::invalid_argument("options: " + name + ": " + dcp_status_string(status));
         }
     }
     return options;
+}
+
+std::string method_name(dcp_method method) {
+    return dcp_method_info(method)->name;
+}
+
+// The method table (prune.h dcp_method_desc), one dict per method, in enum order.
+nb::list methods() {
+    nb::list rows;
+    for (int m = 0; m < DCP_METHOD_COUNT; ++m) {
+        const dcp_method_desc * desc = dcp_method_info(dcp_method(m));
+        nb::dict row;
+        row["name"] = desc->name;
+        row["needs_cls_attn"] = desc->needs_cls_attn;
+        row["text_aware"] = desc->text_aware;
+        rows.append(row);
+    }
+    return rows;
+}
+
+// The option table (prune.h dcp_option_desc), one dict per option; `methods` as names.
+nb::list options() {
+    nb::list rows;
+    for (int32_t i = 0; i < dcp_option_count(); ++i) {
+        const dcp_option_desc * desc = dcp_option_info(i);
+        nb::list used_by;
+        for (int m = 0; m < DCP_METHOD_COUNT; ++m) {
+            if (desc->methods & (1u << m)) {
+                used_by.append(method_name(dcp_method(m)));
+            }
+        }
+        nb::dict row;
+        row["name"] = desc->name;
+        row["integer"] = desc->type == DCP_OPTION_TYPE_INT32;
+        row["default"] = desc->default_value;
+        row["min"] = desc->min;
+        row["min_exclusive"] = desc->min_exclusive;
+        row["max"] = desc->max;
+        row["methods"] = nb::tuple(used_by);
+        row["doc"] = desc->doc;
+        rows.append(row);
+    }
+    return rows;
 }
 
 // Hands a heap buffer to NumPy: the returned array owns it and frees it when collected.
@@ -94,7 +104,7 @@ numpy_out<T, Shape> to_numpy(std::unique_ptr<T[]> data, std::initializer_list<si
 std::string method_choices() {
     std::string choices;
     for (int m = 0; m < DCP_METHOD_COUNT; ++m) {
-        choices += (m ? ", " : "") + std::string(dcp_method_name(dcp_method(m)));
+        choices += (m ? ", " : "") + method_name(dcp_method(m));
     }
     return choices;
 }
@@ -131,7 +141,7 @@ void throw_on_error(dcp_status status, const dcp_tokens & tokens, const dcp_prun
         std::string(argument_of(status)) + ": " + dcp_status_string(status) + " (features "
         + std::to_string(tokens.n_tokens) + "x" + std::to_string(tokens.n_dim) + ", grid "
         + std::to_string(tokens.grid_h) + "x" + std::to_string(tokens.grid_w) + ", n_keep "
-        + std::to_string(params.n_keep) + ", method '" + dcp_method_name(params.method) + "')");
+        + std::to_string(params.n_keep) + ", method '" + method_name(params.method) + "')");
 }
 
 // Rows of an optional per-token array must match the features.
@@ -225,13 +235,10 @@ float kappa(const features_in & a, const std::optional<scores_in> & masses_a,
 NB_MODULE(_native, m) {
     m.doc() = "Private native core of dcp_desktop.prune; use dcp_desktop.prune.select instead.";
 
-    nb::list names;
-    for (int method = 0; method < DCP_METHOD_COUNT; ++method) {
-        names.append(dcp_method_name(dcp_method(method)));
-    }
-    m.attr("METHODS") = nb::tuple(names);
-
-    m.def("default_options", &default_options, "The native defaults of every method option, by name.");
+    m.def("methods", &methods, "The method table: [{name, needs_cls_attn, text_aware}] in prune.h's enum order.");
+    m.def("options", &options,
+          "The option table: [{name, integer, default, min, min_exclusive, max, methods, doc}]; a value v is\n"
+          "in range when finite, min <= v (min < v if min_exclusive) and v <= max (see prune.h).");
     m.def("kappa", &kappa, nb::arg("a").noconvert(), nb::arg("masses_a").noconvert().none(),
           nb::arg("b").noconvert(), nb::arg("masses_b").noconvert().none(),
           "κ from set a to set b (see dcp_kappa in prune.h).");
@@ -243,7 +250,7 @@ NB_MODULE(_native, m) {
           nb::arg("options"),
           "Keep n_keep of the (N, D) float32 tokens (see prune.h for every argument).\n"
           "cls_attn, masses: (N,) float32; keys: (N, Dk) float32; patch_idx: (N,) int32; text: (T, D)\n"
-          "float32; each may be None. options: {name: value} overriding default_options().\n"
+          "float32; each may be None. options: {name: value} overriding the defaults of options().\n"
           "Returns (kept_idx int32 (K,), features float32 (K, D), masses float32 (K,), kappa, used_tatcs,\n"
           "assignment int32 (N,): the output token each input row went to, -1 if dropped).\n"
           "Raises ValueError for bad sizes or values, TypeError for arrays of the wrong dtype,\n"

@@ -1,6 +1,6 @@
-// prune.cpp — dcp_prune's front door: validation, the method table, κ, the out-of-line helpers
-// of prune_internal.h, and the simple selectors (full, pool, fastervlm, random).
-// The other methods live in baselines.cpp and dcp.cpp. Plain loops over flat row-major buffers.
+// prune.cpp — dcp_prune's front door: validation, κ, the out-of-line helpers of prune_internal.h,
+// and the simple selectors (full, pool, fastervlm, random). The method and option tables live in
+// methods.cpp, the other methods in baselines.cpp and dcp.cpp. Plain loops over flat row-major buffers.
 
 #include "prune.h"
 #include "prune_internal.h"
@@ -76,170 +76,9 @@ void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vecto
     }
 }
 
+// ---- validation ------------------------------------------------------------------------------
+
 namespace {
-
-index_list all_rows(int32_t n_tokens) {
-    index_list rows(size_t(n_tokens), 0);
-    std::iota(rows.begin(), rows.end(), 0);
-    return rows;
-}
-
-// ---- full ------------------------------------------------------------------------------------
-
-dcp_status prune_full(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
-    if (params.n_keep != tokens.n_tokens) {
-        return DCP_STATUS_BAD_N_KEEP;
-    }
-    emit_selection(tokens, all_rows(tokens.n_tokens), out);
-    return DCP_STATUS_OK;
-}
-
-// ---- pool ------------------------------------------------------------------------------------
-
-struct cell_grid {
-    int32_t rows;
-    int32_t cols;
-};
-
-// rows = the largest divisor of n_keep that is <= sqrt(n_keep): the squarest rows × cols grid.
-cell_grid pool_cell_grid(int32_t n_keep) {
-    int32_t rows = 1;
-    for (int32_t r = 1; int64_t(r) * r <= n_keep; ++r) {
-        if (n_keep % r == 0) {
-            rows = r;
-        }
-    }
-    return {rows, n_keep / rows};
-}
-
-// adaptive_avg_pool2d's cell bounds along one axis: [floor(i*n/parts), ceil((i+1)*n/parts)).
-int32_t cell_start(int32_t i, int32_t n, int32_t parts) {
-    return int32_t(int64_t(i) * n / parts);
-}
-
-int32_t cell_end(int32_t i, int32_t n, int32_t parts) {
-    return int32_t((int64_t(i + 1) * n + parts - 1) / parts);
-}
-
-// Writes the mean feature of patch rows [r0, r1) × columns [c0, c1) to `mean`.
-// Sums in double so the result does not depend on the order of the additions.
-void cell_mean(const dcp_tokens & tokens, int32_t r0, int32_t r1, int32_t c0, int32_t c1,
-               std::vector<double> & sum, float * mean) {
-    const size_t n_dim = size_t(tokens.n_dim);
-    std::fill(sum.begin(), sum.end(), 0.0);
-    for (int32_t r = r0; r < r1; ++r) {
-        for (int32_t c = c0; c < c1; ++c) {
-            const float * row = tokens.features + (size_t(r) * size_t(tokens.grid_w) + size_t(c)) * n_dim;
-            for (size_t j = 0; j < n_dim; ++j) {
-                sum[j] += row[j];
-            }
-        }
-    }
-    const double count = double(r1 - r0) * double(c1 - c0);
-    for (size_t j = 0; j < n_dim; ++j) {
-        mean[j] = float(sum[j] / count);
-    }
-}
-
-dcp_status prune_pool(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
-    if (tokens.patch_idx || tokens.masses_in) {
-        return DCP_STATUS_BAD_PATCH_IDX;  // pooling is defined on the whole, unmerged grid
-    }
-    const cell_grid cells = pool_cell_grid(params.n_keep);
-    if (cells.rows > tokens.grid_h || cells.cols > tokens.grid_w) {
-        return DCP_STATUS_BAD_N_KEEP;
-    }
-    std::vector<double> sum(size_t(tokens.n_dim));
-    if (out.assignment) {
-        std::fill(out.assignment, out.assignment + tokens.n_tokens, -1);
-    }
-    for (int32_t i = 0; i < cells.rows; ++i) {
-        const int32_t r0 = cell_start(i, tokens.grid_h, cells.rows);
-        const int32_t r1 = cell_end(i, tokens.grid_h, cells.rows);
-        for (int32_t j = 0; j < cells.cols; ++j) {
-            const int32_t c0 = cell_start(j, tokens.grid_w, cells.cols);
-            const int32_t c1 = cell_end(j, tokens.grid_w, cells.cols);
-            const size_t k = size_t(i) * size_t(cells.cols) + size_t(j);
-            cell_mean(tokens, r0, r1, c0, c1, sum, out.features + k * size_t(tokens.n_dim));
-            out.masses[k] = float((r1 - r0) * (c1 - c0));
-            out.kept_idx[k] = ((r0 + r1 - 1) / 2) * tokens.grid_w + (c0 + c1 - 1) / 2;
-            for (int32_t r = r0; out.assignment && r < r1; ++r) {
-                for (int32_t c = c0; c < c1; ++c) {
-                    int32_t & a = out.assignment[size_t(r) * size_t(tokens.grid_w) + size_t(c)];
-                    if (a < 0) {
-                        a = int32_t(k);  // overlapping cells: the first cell in raster order wins
-                    }
-                }
-            }
-        }
-    }
-    return DCP_STATUS_OK;
-}
-
-// ---- fastervlm -------------------------------------------------------------------------------
-
-dcp_status prune_fastervlm(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
-    emit_selection(tokens, top_k(tokens.cls_attn, tokens.n_tokens, params.n_keep), out);
-    return DCP_STATUS_OK;
-}
-
-// ---- random ----------------------------------------------------------------------------------
-
-uint64_t splitmix64_next(uint64_t & state) {
-    state += 0x9E3779B97F4A7C15ull;
-    uint64_t z = state;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-dcp_status prune_random(const dcp_tokens & tokens, const dcp_prune_params & params, dcp_selection & out) {
-    index_list perm = all_rows(tokens.n_tokens);
-    uint64_t state = params.seed;
-    // Partial Fisher–Yates: perm[0..n_keep) becomes a uniform random subset.
-    for (int32_t i = 0; i < params.n_keep; ++i) {
-        const uint64_t remaining = uint64_t(tokens.n_tokens - i);
-        const size_t j = size_t(i) + size_t(splitmix64_next(state) % remaining);
-        std::swap(perm[size_t(i)], perm[j]);
-    }
-    perm.resize(size_t(params.n_keep));
-    std::sort(perm.begin(), perm.end());
-    emit_selection(tokens, perm, out);
-    return DCP_STATUS_OK;
-}
-
-// ---- method table and validation -------------------------------------------------------------
-
-struct method_entry {
-    dcp_method   method;
-    const char * name;
-    bool         needs_cls_attn;
-    prune_fn     run;
-};
-
-constexpr method_entry k_methods[] = {
-    {DCP_METHOD_FULL,      "full",      false, prune_full},
-    {DCP_METHOD_POOL,      "pool",      false, prune_pool},
-    {DCP_METHOD_FASTERVLM, "fastervlm", true,  prune_fastervlm},
-    {DCP_METHOD_RANDOM,    "random",    false, prune_random},
-    {DCP_METHOD_VISIONZIP, "visionzip", true,  prune_visionzip},
-    {DCP_METHOD_DIVPRUNE,  "divprune",  false, prune_divprune},
-    {DCP_METHOD_CDPRUNER,  "cdpruner",  false, prune_cdpruner},
-    {DCP_METHOD_ACGR,      "acgr",      true,  prune_acgr},
-    {DCP_METHOD_TATCS,     "tatcs",     true,  prune_tatcs},
-    {DCP_METHOD_DCP,       "dcp",       true,  prune_dcp},
-};
-static_assert(sizeof(k_methods) / sizeof(k_methods[0]) == DCP_METHOD_COUNT,
-              "every dcp_method needs a row in k_methods");
-
-const method_entry * find_method(dcp_method method) {
-    for (const method_entry & entry : k_methods) {
-        if (entry.method == method) {
-            return &entry;
-        }
-    }
-    return nullptr;
-}
 
 bool all_finite(const float * values, size_t n) {
     for (size_t i = 0; i < n; ++i) {
@@ -283,22 +122,13 @@ bool masses_are_valid(const dcp_tokens & t) {
     return true;
 }
 
-bool options_are_valid(const dcp_options & o) {
-    auto in_unit = [](float x) { return x >= 0.0f && x <= 1.0f; };
-    return o.acgr_n_neighbors >= 1 && o.acgr_spatial_weight >= 0.0f && o.acgr_spatial_sigma > 0.0f
-        && o.tau >= 0.0f && o.tatcs_text_weight >= 0.0f && in_unit(o.tatcs_relevance_mix)
-        && in_unit(o.visionzip_dominant_ratio) && in_unit(o.cdpruner_theta)
-        && std::isfinite(o.acgr_spatial_weight) && std::isfinite(o.acgr_spatial_sigma)
-        && std::isfinite(o.tau) && std::isfinite(o.tatcs_text_weight);
-}
-
 // Everything dcp_prune can check before any method runs; methods add their own n_keep rules.
 dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
-                        const dcp_selection * out, const method_entry * entry) {
+                        const dcp_selection * out, const dcp_method_desc * method) {
     if (!t || !t->features || !out || !out->kept_idx || !out->features || !out->masses) {
         return DCP_STATUS_NULL_BUFFER;
     }
-    if (!entry) {
+    if (!method) {
         return DCP_STATUS_BAD_METHOD;
     }
     if (!shape_is_valid(*t)) {
@@ -313,7 +143,7 @@ dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
     if (!options_are_valid(params.options)) {
         return DCP_STATUS_BAD_OPTION;
     }
-    if (entry->needs_cls_attn && !t->cls_attn) {
+    if (method->needs_cls_attn && !t->cls_attn) {
         return DCP_STATUS_MISSING_CLS_ATTN;
     }
     if (!all_finite(t->features, size_t(t->n_tokens) * size_t(t->n_dim))) {
@@ -371,25 +201,6 @@ double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
 
 using namespace dcp;
 
-// The DCP-Prune knobs were chosen on the validation split with the demo model
-// (python -m dcp_desktop.eval.calibrate; docs/results/calibration-validation.md).
-dcp_options dcp_options_default(void) {
-    dcp_options o;
-    o.acgr_n_neighbors = 4;
-    o.acgr_spatial_weight = 0.5f;
-    o.acgr_spatial_sigma = 2.0f;
-    o.tau = 0.2f;
-    o.tatcs_text_weight = 0.25f;
-    o.tatcs_relevance_mix = 0.5f;
-    o.visionzip_dominant_ratio = 54.0f / 64.0f;  // VisionZip's 54 dominant + 10 contextual of 64
-    o.cdpruner_theta = 0.5f;
-    return o;
-}
-
-dcp_prune_params dcp_prune_params_default(void) {
-    return {DCP_METHOD_POOL, 16, 0, dcp_options_default()};
-}
-
 float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
                 const float * b, const float * masses_b, int32_t n_b, int32_t n_dim) {
     std::vector<double> mean_a(static_cast<size_t>(n_dim)), mean_b(static_cast<size_t>(n_dim));
@@ -404,13 +215,12 @@ float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
 }
 
 dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_selection * out) {
-    const method_entry * entry = find_method(params.method);
-    dcp_status status = check_inputs(tokens, params, out, entry);
+    dcp_status status = check_inputs(tokens, params, out, dcp_method_info(params.method));
     if (status != DCP_STATUS_OK) {
         return status;
     }
     out->used_tatcs = false;
-    status = entry->run(*tokens, params, *out);
+    status = method_function(params.method)(*tokens, params, *out);
     if (status == DCP_STATUS_OK) {
         out->kappa = dcp_kappa(tokens->features, tokens->masses_in, tokens->n_tokens,
                                out->features, out->masses, params.n_keep, tokens->n_dim);
@@ -435,27 +245,8 @@ const char * dcp_status_string(dcp_status status) {
         case DCP_STATUS_BAD_MASSES:          return "every mass must be finite and > 0";
         case DCP_STATUS_BAD_PATCH_IDX:       return "patch_idx must be strictly ascending inside the grid; "
                                                     "pool needs the whole grid without masses";
-        case DCP_STATUS_BAD_OPTION:          return "an option is out of range (see dcp_options in prune.h)";
+        case DCP_STATUS_BAD_OPTION:          return "an option is out of range (see dcp_option_info in prune.h)";
+        case DCP_STATUS_UNKNOWN_OPTION:      return "no option has this name (see dcp_option_info in prune.h)";
     }
     return "unknown status";
-}
-
-const char * dcp_method_name(dcp_method method) {
-    const method_entry * entry = find_method(method);
-    return entry ? entry->name : nullptr;
-}
-
-dcp_status dcp_method_from_name(const char * name, dcp_method * method) {
-    for (const method_entry & entry : k_methods) {
-        if (name && std::strcmp(name, entry.name) == 0) {
-            *method = entry.method;
-            return DCP_STATUS_OK;
-        }
-    }
-    return DCP_STATUS_BAD_METHOD;
-}
-
-bool dcp_method_needs_cls_attn(dcp_method method) {
-    const method_entry * entry = find_method(method);
-    return entry && entry->needs_cls_attn;
 }

@@ -8,7 +8,7 @@
 //   features   float32 [n_tokens × n_dim], row-major; row i is patch i in raster order
 //              (i = row * grid_w + col). Patch tokens only: the [CLS] token is NOT included.
 //   cls_attn   float32 [n_tokens]: attention from [CLS] to each patch (e.g. mean over heads).
-//              May be NULL for methods that do not use it (see dcp_method_needs_cls_attn).
+//              May be NULL for methods that do not use it (dcp_method_info(m)->needs_cls_attn).
 //   keys       float32 [n_tokens × n_dim_keys] or NULL: the attention keys of the same layer;
 //              methods that compare tokens semantically use keys when given, features otherwise.
 //   masses_in  float32 [n_tokens] or NULL (= all 1): how many original patches each input token
@@ -40,7 +40,10 @@
 // buffers are safe. Every method is deterministic (random is seeded, see DCP_METHOD_RANDOM).
 //
 // Adding a method: one enum value below (before DCP_METHOD_COUNT), one function (declared in
-// prune_internal.h) and one row in the method table in prune.cpp.
+// prune_internal.h) and one row in the method table in methods.cpp. Adding an option: one field in
+// struct dcp_options and one row in the option table in methods.cpp. Those two tables are the only
+// lists of methods and options: the accessors at the end of this file read them, and the Python
+// package builds its own method and option facts from them.
 
 #pragma once
 
@@ -165,24 +168,24 @@ enum dcp_status {
     DCP_STATUS_BAD_MASSES,           // a mass is not finite or not > 0
     DCP_STATUS_BAD_PATCH_IDX,        // patch_idx not strictly ascending inside the grid, or
                                      // given to a method that needs the whole grid (pool)
-    DCP_STATUS_BAD_OPTION,           // an option is out of its documented range
+    DCP_STATUS_BAD_OPTION,           // an option is out of its range (dcp_option_info), or
+                                     // dcp_options_set got a value its int32 field cannot hold
+    DCP_STATUS_UNKNOWN_OPTION,       // dcp_options_set: no option has this name
 };
 
-// Every knob of the methods above. Get the defaults from dcp_options_default(); the defaults
+// Every knob of the methods above (their comments say how each is used). Each field's default,
+// range, the methods that read it and a one-line doc are a row of the option table
+// (dcp_option_info, below); get the defaults from dcp_options_default(). The DCP-Prune defaults
 // are chosen on the benchmark's validation split (see README, "Calibration").
 struct dcp_options {
-    // ACGR (acgr, dcp)
-    int32_t acgr_n_neighbors;     // anchors each context token links to (>= 1)
-    float   acgr_spatial_weight;  // weight of grid proximity vs semantic similarity (>= 0)
-    float   acgr_spatial_sigma;   // grid distance (in patches) at which proximity falls to e^-1/2 (> 0)
-    // TATCS (tatcs, dcp)
-    float   tau;                  // dcp runs TATCS when κ(ACGR output) > tau (>= 0)
-    float   tatcs_text_weight;    // how much relevance differences separate clusters (>= 0)
-    float   tatcs_relevance_mix;  // reselection: relevance (1) vs centrality (0), in [0, 1]
-    // VisionZip
-    float   visionzip_dominant_ratio;  // share of n_keep kept as dominant tokens, in [0, 1]
-    // CDPruner
-    float   cdpruner_theta;       // relevance weight in the DPP kernel, in [0, 1]
+    int32_t acgr_n_neighbors;
+    float   acgr_spatial_weight;
+    float   acgr_spatial_sigma;
+    float   tau;
+    float   tatcs_text_weight;
+    float   tatcs_relevance_mix;
+    float   visionzip_dominant_ratio;
+    float   cdpruner_theta;
 };
 
 struct dcp_prune_params {
@@ -218,9 +221,11 @@ struct dcp_selection {
     bool      used_tatcs; // written: dcp ran TATCS (κ > tau); tatcs: always; others: false
 };
 
+// Every option at its default (the option table's default_value, rounded to the field's type).
 struct dcp_options dcp_options_default(void);
 
-// Defaults: method = DCP_METHOD_POOL, n_keep = 16, seed = 0, options = dcp_options_default().
+// Defaults: method = DCP_METHOD_DCP, n_keep = 16, seed = 0, options = dcp_options_default().
+// The same method and budget as the app's (dcp_desktop.pipeline DEFAULT_METHOD, DEFAULT_TOKENS).
 struct dcp_prune_params dcp_prune_params_default(void);
 
 // κ: how far the mass-weighted output set (b) has drifted from the input set (a), both [n × n_dim]
@@ -241,16 +246,54 @@ enum dcp_status dcp_prune(const struct dcp_tokens * tokens,
 // A short English description of a status; never NULL ("unknown status" for unknown values).
 const char * dcp_status_string(enum dcp_status status);
 
-// Lower-case method name ("full", "pool", "fastervlm", "random", "visionzip", "divprune",
-// "cdpruner", "acgr", "tatcs", "dcp"); NULL for unknown values.
-const char * dcp_method_name(enum dcp_method method);
+// ---- the method and option tables (static storage: never freed, safe to read from any thread) ----
 
-// Parses a name from dcp_method_name. Returns DCP_STATUS_BAD_METHOD (and leaves *method
-// untouched) for an unknown or NULL name.
+// One row of the method table.
+struct dcp_method_desc {
+    enum dcp_method method;
+    const char *    name;            // lower case: "full", "pool", "fastervlm", "random", "visionzip",
+                                     // "divprune", "cdpruner", "acgr", "tatcs", "dcp"
+    bool            needs_cls_attn;  // reads tokens->cls_attn; DCP_STATUS_MISSING_CLS_ATTN without it
+    bool            text_aware;      // reads tokens->text when given; text-free scores without it
+};
+
+// The row of `method`; NULL for values that are not a dcp_method.
+const struct dcp_method_desc * dcp_method_info(enum dcp_method method);
+
+// Parses a dcp_method_desc name. Returns DCP_STATUS_BAD_METHOD (and leaves *method untouched)
+// for an unknown or NULL name.
 enum dcp_status dcp_method_from_name(const char * name, enum dcp_method * method);
 
-// Whether the method reads tokens->cls_attn (false for unknown values).
-bool dcp_method_needs_cls_attn(enum dcp_method method);
+// How a dcp_options field stores its value.
+enum dcp_option_type {
+    DCP_OPTION_TYPE_INT32 = 0,  // a whole number; dcp_options_set truncates toward zero
+    DCP_OPTION_TYPE_FLOAT = 1,  // float32; dcp_options_set rounds to nearest (beyond FLT_MAX: ±Inf)
+};
+
+// One row of the option table. A value v is in range when it is finite,
+// min <= v (min < v when min_exclusive) and v <= max; FLT_MAX as max means any finite float32.
+struct dcp_option_desc {
+    const char *         name;           // the dcp_options field, e.g. "tau"
+    enum dcp_option_type type;
+    double               default_value;  // before rounding to the type (tau: 0.2)
+    double               min;
+    bool                 min_exclusive;
+    double               max;
+    uint32_t             methods;        // bit (1u << m) set for each dcp_method m that reads it
+    const char *         doc;            // one line of English
+};
+
+// The number of options; their rows are dcp_option_info(0 .. dcp_option_count() - 1).
+int32_t dcp_option_count(void);
+
+// Row `index` of the option table; NULL outside 0 .. dcp_option_count() - 1.
+const struct dcp_option_desc * dcp_option_info(int32_t index);
+
+// Sets the option called `name` in *options to `value`, converted to the field's type. Does not
+// check the range: dcp_prune does. Returns DCP_STATUS_UNKNOWN_OPTION for an unknown or NULL name,
+// DCP_STATUS_BAD_OPTION for an int32 option given NaN or a value outside int32; *options is then
+// left untouched.
+enum dcp_status dcp_options_set(struct dcp_options * options, const char * name, double value);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,12 @@
 // prune_internal.h — what the method files share: exact arithmetic on flat row-major buffers,
-// the output writers, and the method functions the table in prune.cpp dispatches to.
+// the output writers, and the method functions the table in methods.cpp dispatches to.
 // Not part of the public API (prune.h).
 //
 // The exactness rule: every method has a NumPy twin (dcp_desktop/prune_reference) that must make
 // the same choices (top-k, neighbours, centres, picks), so every score that is compared is built
 // from the same IEEE operations in the same fixed order on both sides, and ties break the same
 // way. Sums that decide anything go through lane_dot, whose order the twin replays lane by lane
-// (prune_reference.lane_dot); the build turns off FMA contraction and never uses -ffast-math.
+// (prune_reference/common.py lane_dot); the build turns off FMA contraction and never uses -ffast-math.
 // A helper whose result depends on an order NumPy does not replay (a plain float loop, BLAS)
 // does not belong here.
 
@@ -82,9 +82,19 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
 void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vector<float> & features,
                  const std::vector<float> & masses, const index_list & local, const dcp_selection & out);
 
-// ---- the methods (each in its own file; inputs already validated by dcp_prune) -----------------
+// ---- the methods (inputs already validated by dcp_prune) ---------------------------------------
 
 using prune_fn = dcp_status (*)(const dcp_tokens &, const dcp_prune_params &, dcp_selection &);
+
+// methods.cpp: the tables
+prune_fn method_function(dcp_method method);       // nullptr for values that are not a dcp_method
+bool options_are_valid(const dcp_options & options);  // every option inside its table range
+
+// simple.cpp
+dcp_status prune_full(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out);
+dcp_status prune_pool(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out);
+dcp_status prune_fastervlm(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out);
+dcp_status prune_random(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out);
 
 // baselines.cpp
 dcp_status prune_visionzip(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out);

@@ -18,7 +18,8 @@ from dcp_desktop.bench import ttft
 from dcp_desktop import template
 from dcp_desktop.bench.mtmd_peer import MtmdEncoder
 from dcp_desktop.engine import Engine
-from dcp_desktop.models import ModelFiles, gguf_value, validate
+from dcp_desktop.gguf_file import gguf_value
+from dcp_desktop.models import ModelFiles, validate
 from dcp_desktop.vision import VisionTower
 
 SMALL = rg.PairShape("small-random",
@@ -105,10 +106,9 @@ def test_random_pair_validates_with_requested_hyper_parameters(small_pair):
     assert not list(llm.parent.glob("*.partial"))
     info = validate(ModelFiles("small", llm, mmproj))
     assert (info.n_embd, info.n_ctx_train) == (256, 512)
-    assert {k: info.vision[k] for k in ("image_size", "patch_size", "embedding_length", "feed_forward_length",
-                                        "block_count", "head_count")} == {
-        "image_size": 336, "patch_size": 14, "embedding_length": 64, "feed_forward_length": 128,
-        "block_count": 2, "head_count": 4}
+    vision = info.vision
+    assert {k: getattr(vision, k) for k in ("image_size", "patch_size", "width", "ff_width", "n_blocks", "n_heads")} == {
+        "image_size": 336, "patch_size": 14, "width": 64, "ff_width": 128, "n_blocks": 2, "n_heads": 4}
     reader = GGUFReader(llm)
     values = {key: gguf_value(reader, f"llama.{key}") for key in (
         "block_count", "embedding_length", "feed_forward_length", "attention.head_count",

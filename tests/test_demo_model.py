@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from dcp_desktop import cli, models
+from dcp_desktop import cli, gguf_file, models
 from dcp_desktop.engine import Engine
 from dcp_desktop import scenes
 from dcp_desktop.eval import harness, report
@@ -32,7 +32,7 @@ def test_bundled_pair_is_small_f16_llava():
     info = models.validate(DEMO.files)
     assert info.name == "demo"
     assert sum(path.stat().st_size for path in (DEMO.files.llm, DEMO.files.mmproj)) < 20e6  # "tens of MB at most"
-    assert models.gguf_value(models.open_gguf(DEMO.files.mmproj, "demo"), "general.file_type") == 1  # f16
+    assert gguf_file.gguf_value(gguf_file.open_gguf(DEMO.files.mmproj), "general.file_type") == 1  # f16
 
 
 def test_llama_cpp_multimodal_path_loads_it():

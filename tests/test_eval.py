@@ -82,6 +82,14 @@ def test_user_jsonl_with_relative_images(tiny, tmp_path, capsys):
     assert [r["by_type"].keys() for r in report["results"]] == [{"all"}, {"all"}]
 
 
+@pytest.mark.parametrize("budgets, expect", [("700,16", "--tokens: expected 1..576 image tokens, got 700"),
+                                             ("29", "--tokens: method 'pool' lays 29 tokens out as 1×29")])
+def test_a_budget_the_method_cannot_keep_fails_before_any_image(tiny, capsys, budgets, expect):
+    """Budgets are checked by prune.check_n_keep (as for dcp-chat), before the first image is encoded."""
+    code, _, err = run_cli(capsys, "--model", tiny.dir, "--n", 1, "--methods", "pool", "--tokens", budgets, *RUN)
+    assert code == 2 and expect in err
+
+
 def test_bad_data_names_the_file_and_line(tiny, tmp_path, capsys):
     data = tmp_path / "questions.jsonl"
     data.write_text(json.dumps({"image": "missing.png", "question": "Is it?", "answer": "yes"}) + "\n")

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from huggingface_hub.utils import silent_tqdm  # noqa: E402
 
-from dcp_desktop import models  # noqa: E402
+from dcp_desktop import gguf_file, models  # noqa: E402
 from dcp_desktop.errors import InputError  # noqa: E402
 
 N_EMBD = 16  # LLM width of the fake pair
@@ -219,11 +219,11 @@ def test_validate_reads_widths_and_vision_parameters(tmp_path):
     assert (info.n_embd, info.llm_arch, info.n_ctx_train) == (N_EMBD, "llama", 64)
     assert info.size_bytes == pair.llm.stat().st_size + pair.mmproj.stat().st_size
     vision = info.vision
-    assert (vision["image_size"], vision["patch_size"], vision["embedding_length"]) == (28, 14, VISION_WIDTH)
-    assert (vision["block_count"], vision["head_count"], vision["feed_forward_length"]) == (1, 2, 12)
-    assert vision["layer_norm_epsilon"] == pytest.approx(1e-5)
-    assert vision["image_mean"] == pytest.approx([0.48145466, 0.4578275, 0.40821073])
-    assert vision["image_std"] == pytest.approx([0.26862954, 0.26130258, 0.27577711])
+    assert (vision.image_size, vision.patch_size, vision.width) == (28, 14, VISION_WIDTH)
+    assert (vision.n_blocks, vision.n_heads, vision.ff_width) == (1, 2, 12)
+    assert vision.eps == pytest.approx(1e-5)
+    assert vision.image_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert vision.image_std == pytest.approx([0.26862954, 0.26130258, 0.27577711])
 
 
 def test_validate_accepts_2023_mmproj_without_projector_type(tmp_path):
@@ -303,15 +303,15 @@ def test_missing_projector_tensor(tmp_path):
 # --- gguf_value ----------------------------------------------------------------------------------
 
 def test_gguf_value_reads_strings_scalars_and_arrays(tmp_path):
-    reader = models.open_gguf(write_mmproj(tmp_path / "m.gguf"))
-    assert models.gguf_value(reader, "general.architecture") == "clip"
-    assert models.gguf_value(reader, "clip.vision.image_size") == 28
-    assert models.gguf_value(reader, "clip.has_vision_encoder") is True
-    assert len(models.gguf_value(reader, "clip.vision.image_std")) == 3
-    assert models.gguf_value(reader, ("clip.vision.projector_type", "clip.projector_type")) == "mlp"
-    assert models.gguf_value(reader, "no.such.key", None) is None
+    reader = gguf_file.open_gguf(write_mmproj(tmp_path / "m.gguf"))
+    assert gguf_file.gguf_value(reader, "general.architecture") == "clip"
+    assert gguf_file.gguf_value(reader, "clip.vision.image_size") == 28
+    assert gguf_file.gguf_value(reader, "clip.has_vision_encoder") is True
+    assert len(gguf_file.gguf_value(reader, "clip.vision.image_std")) == 3
+    assert gguf_file.gguf_value(reader, ("clip.vision.projector_type", "clip.projector_type")) == "mlp"
+    assert gguf_file.gguf_value(reader, "no.such.key", None) is None
     with pytest.raises(InputError, match="'no.such.key' is missing") as error:
-        models.gguf_value(reader, "no.such.key")
+        gguf_file.gguf_value(reader, "no.such.key")
     assert "m.gguf" in str(error.value)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dcp_desktop import _native, prune_reference
 from dcp_desktop.errors import InputError
-from dcp_desktop.prune import DEFAULT_OPTIONS, METHODS, Selection, kappa, select
+from dcp_desktop.prune import DEFAULT_OPTIONS, METHODS, OPTIONS, TEXT_AWARE, Selection, check_n_keep, kappa, select
 
 SIMPLE_METHODS = ("full", "pool", "fastervlm", "random")  # the others have test files of their own
 
@@ -162,7 +162,7 @@ def test_pool_assignment_tiles_a_divisible_grid():
 
 
 def test_method_lists_agree():
-    assert METHODS == tuple(_native.METHODS) == tuple(prune_reference.SELECTORS)
+    assert METHODS == tuple(row["name"] for row in _native.methods()) == tuple(prune_reference.SELECTORS)
 
 
 # ---- what each method does -----------------------------------------------------------------
@@ -261,7 +261,7 @@ def test_random_is_deterministic_per_seed_and_differs_across_seeds():
 
 
 def test_splitmix64_matches_published_test_vectors():
-    draws = prune_reference.splitmix64(1234567)
+    draws = prune_reference.simple.splitmix64(1234567)
     assert [next(draws) for _ in range(2)] == [6457827717110365317, 3203168211198807973]
 
 
@@ -397,6 +397,37 @@ def test_option_ranges_match_the_native_core_for_both_impls(name, value):
             assert str(error).startswith(f"options: {name} must be a ")
             accepted[impl] = False
     assert accepted["native"] == accepted["reference"] == native_core_accepts({name: value})
+
+
+def test_option_table_is_whole_and_its_defaults_are_in_range():
+    assert set(OPTIONS) == set(DEFAULT_OPTIONS)
+    for option in OPTIONS.values():
+        assert option.methods and set(option.methods) <= set(METHODS) and option.doc
+        assert option.allows(option.default), option.name
+    assert TEXT_AWARE == {"cdpruner", "tatcs", "dcp"}
+
+
+def test_native_defaults_are_the_table_defaults():
+    """An empty options dict and the complete DEFAULT_OPTIONS pick the same tokens: the native core's
+    dcp_options_default() and the table Python reads are one source."""
+    features, cls_attn = random_image(n_dim=32)
+    args = (features, cls_attn, None, None, None, features[:3], 24, 24, 16, "dcp", 0)
+    for default, full in zip(_native.prune(*args, {}), _native.prune(*args, DEFAULT_OPTIONS)):
+        np.testing.assert_array_equal(default, full)
+
+
+def test_native_names_an_unknown_option():
+    with pytest.raises(ValueError, match="^options: alpha: no option has this name"):
+        _native.prune(FEATURES, CLS_ATTN, None, None, None, None, 24, 24, 16, "fastervlm", 0, {"alpha": 1.0})
+
+
+def test_check_n_keep_names_the_argument_it_is_given():
+    """The CLI checks --tokens with the same function select() uses, under its own flag's name."""
+    assert check_n_keep(16, "dcp", 576, (24, 24), whole_grid=True, argument="--tokens") == 16
+    with pytest.raises(InputError, match=r"^--tokens: expected 1\.\.576 image tokens, got 577$"):
+        check_n_keep(577, "dcp", 576, (24, 24), whole_grid=True, argument="--tokens")
+    with pytest.raises(InputError, match=r"^--tokens: method 'pool' lays 29 .* try --tokens=28$"):
+        check_n_keep(29, "pool", 576, (24, 24), whole_grid=True, argument="--tokens")
 
 
 def test_unfitting_pool_budget_suggests_the_nearest_that_fits():

@@ -46,7 +46,7 @@ def median_ms(call, repeats: int) -> float:
 
 def time_cell(method: str, d: int, k: int, repeats: int) -> list[dict]:
     x = inputs(d)
-    args = (x["features"], x["cls_attn"], x["keys"], None, None, x["text"], GRID, GRID, k, method, 0, {})
+    args = (x["features"], x["cls_attn"], x["keys"], None, None, x["text"], GRID, GRID, k, method, 0, DEFAULT_OPTIONS)
     rows = [{"impl": "native", "threads": 1, "median_ms": median_ms(lambda: _native.prune(*args), repeats)},
             {"impl": "numpy", "threads": os.cpu_count(),
              "median_ms": median_ms(lambda: prune_reference.prune(*args), max(3, repeats // 10))}]

@@ -43,7 +43,8 @@ from .. import template
 from ..engine import Engine, GenerationParams, ImageRows
 from ..errors import InputError
 from ..image import load_image
-from ..models import ModelFiles, gguf_value, open_gguf, validate
+from ..gguf_file import gguf_value, open_gguf
+from ..models import ModelFiles, validate
 from .machine import machine
 from .mtmd_peer import MtmdEncoder
 from .random_gguf import LLAVA_7B, build_pair, pair_bytes, pair_paths

@@ -8,8 +8,8 @@ with several (DCP-Prune) runs a coordinate search over its grids, whose sizes ad
 current defaults, each knob in turn takes every value of its grid while the others stay fixed, and keeps
 the value with the best mean accuracy over the budgets (ties keep the earlier value: the default first).
 DivPrune, FasterVLM, random and pool have no knobs. Prints every value tried and each method's choice;
-the chosen values are then written into the defaults by hand (the option table in native/) and checked
-with `dcp-eval --split test`.
+the chosen values are then written into the defaults by hand (the option table in native/methods.cpp, the
+one place they live) and checked with `dcp-eval --split test`.
 
 With 100 images × 4 questions an accuracy near 80% has a 95% interval of about ±4 points, so one pass over
 the grids is a coarse choice, not a fine optimum.

@@ -55,7 +55,7 @@ class Benchmark:
 @dataclass(frozen=True)
 class Cell:
     method: str
-    tokens: int
+    n_keep: int  # image tokens the LLM sees (the JSON report calls it "tokens")
 
 
 @dataclass
@@ -132,16 +132,16 @@ RANDOM_SEEDS = 3  # `random` is a distribution of masks: each question averages 
 
 
 def cells(methods: Iterable[str], budgets: Iterable[int], n_full: int = 576) -> list[Cell]:
-    """"full" first, then every other method at every budget below n_full, largest budget first (budgets
-    are checked by the Pipeline, like every budget: prune.check_n_keep)."""
-    pruned = [Cell(m, k) for k in sorted(set(budgets), reverse=True) if k < n_full
+    """"full" first, then every other method at every other budget, largest budget first. A budget of
+    n_full is the "full" cell itself; a budget out of range is refused by answer_all (check_budget)."""
+    pruned = [Cell(m, k) for k in sorted(set(budgets), reverse=True) if k != n_full
               for m in dict.fromkeys(methods) if m != FULL]
     return [Cell(FULL, n_full), *pruned]
 
 
 def cell_options(base: PipelineOptions, cell: Cell) -> PipelineOptions:
     """The full-token upper bound never prunes inside the encoder."""
-    return replace(base, method=cell.method, n_keep=cell.tokens,
+    return replace(base, method=cell.method, n_keep=cell.n_keep,
                    acgr_layer=None if cell.method == FULL else base.acgr_layer)
 
 
@@ -169,7 +169,7 @@ def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params
     if not benchmark.examples:
         raise InputError(f"{benchmark.name}: no questions to evaluate; --n must be at least 1")
     for cell in todo:  # bad cells fail here, before any image is encoded
-        check_budget(cell_options(base, cell), pipe.vision.cfg.n_patches, pipe.vision.cfg.n_blocks)
+        check_budget(cell_options(base, cell), pipe.vision.cfg)
     outcomes, vision_ms = [], {cell: [] for cell in todo}
     try:
         if warm_up:

@@ -37,8 +37,8 @@ def summarise(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], outcomes: 
     """The --json report (see the module docstring)."""
     by_cell = {cell: sorted((o for o in outcomes if o.cell == cell), key=lambda o: o.question) for cell in todo}
     full = by_cell[todo[0]]
-    reference = {cell.tokens: done for cell, done in by_cell.items() if cell.method == REFERENCE}
-    results = [_cell_result(cell, done, full, reference.get(cell.tokens), vision_ms[cell], conversation)
+    reference = {cell.n_keep: done for cell, done in by_cell.items() if cell.method == REFERENCE}
+    results = [_cell_result(cell, done, full, reference.get(cell.n_keep), vision_ms[cell], conversation)
                for cell, done in by_cell.items()]
     options = pipe.options
     return {"model": pipe.info.name, "split": benchmark.name, "n": len(benchmark.examples),
@@ -54,7 +54,7 @@ def _cell_result(cell: Cell, done: list[Outcome], full: list[Outcome], reference
                  vision_ms: list[float], conversation: bool) -> dict:
     types = sorted({o.type for o in done})
     kappas = [o.kappa for o in done if o.kappa is not None]
-    result = {"method": cell.method, "tokens": cell.tokens, "accuracy": _accuracy(done),
+    result = {"method": cell.method, "tokens": cell.n_keep, "accuracy": _accuracy(done),
               "retention": _ratio(_accuracy(done), _accuracy(full)),
               "retention_without_count_size": _ratio(_accuracy(_easy(done)), _accuracy(_easy(full))),
               "kappa_mean": float(np.mean(kappas)) if kappas else None,
@@ -115,7 +115,7 @@ def kappa_spearman_per_cell(by_cell: dict[Cell, list[Outcome]]) -> dict:
     points: what κ must predict to choose between keeping ACGR's tokens and re-selecting), and the
     median over the cells where it is defined."""
     full = next(done for cell, done in by_cell.items() if cell.method == FULL)
-    per_cell = {f"{cell.method}@{cell.tokens}": stats.spearman(*_losses_and_kappas(full, done))
+    per_cell = {f"{cell.method}@{cell.n_keep}": stats.spearman(*_losses_and_kappas(full, done))
                 for cell, done in by_cell.items() if cell.method != FULL}
     defined = [rho for rho in per_cell.values() if rho is not None]
     return {"cells": per_cell, "median": float(np.median(defined)) if defined else None}

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import Output, Tokens, best_row, dot_f64, float32_option, selection, top_k
+from .common import Output, Tokens, best_row, dot_f64, float32_option, selection, top_k
 
 EXHAUSTED_GAIN = 1e-10  # cdpruner: a DPP gain below this adds nothing new
 

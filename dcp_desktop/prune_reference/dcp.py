@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from . import Output, Tokens, best_row, dot_f64, float32_option, kappa, lane_dot, top_k
+from .common import Output, Tokens, best_row, dot_f64, float32_option, kappa, lane_dot, top_k
 
 F32_LANES = 16  # native cosine_f32
 KAPPA_NOISE = np.float32(1e-4)  # dcp: a κ at or below this is rounding noise, not a shift (native k_kappa_noise)

@@ -220,7 +220,15 @@ inline void ggml_tile_config_init(void) {
     tc.rows[6] = 16;  tc.colsb[6] = 64;
     tc.rows[7] = 16;  tc.colsb[7] = 64;
 
+    // GCC < 13 declares _tile_loadconfig's operand as 8 bytes (*(const void **) config), so the
+    // compiler drops the stores to rows[] and colsb[] as dead: the tiles are left unconfigured and
+    // the first tile instruction faults (SIGILL at tilezero; SIGSEGV at ldtilecfg itself when the
+    // stack garbage in the config is invalid). Naming the whole 64-byte config keeps the stores.
+#if defined(__GNUC__) && !defined(__clang__)
+    __asm__ volatile("ldtilecfg %0" :: "m"(tc));
+#else
     _tile_loadconfig(&tc);
+#endif
     done = true;
 }
 

@@ -68,7 +68,13 @@ def _choose_lib_dir() -> tuple[Path, bool]:
 LIB_DIR, LIB_OVERRIDDEN = _choose_lib_dir()
 
 import llama_cpp  # noqa: E402  (after the variables above: it loads its library at import)
-import llama_cpp.mtmd_cpp as mtmd  # noqa: E402
+
+try:
+    import llama_cpp.mtmd_cpp as mtmd
+except (OSError, RuntimeError):  # FileNotFoundError is an OSError
+    if not LIB_OVERRIDDEN:
+        raise
+    mtmd = None  # the user's build has no libmtmd: llama.cpp's own multimodal path is unavailable
 
 if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
     raise ImportError(f"llama-cpp-python {llama_cpp.__version__} is installed, but native/llama.cpp matches the "
@@ -186,6 +192,7 @@ def build_info() -> dict:
         "gpu_backends_built": built.get("gpu_backends", []),
         "lib_path": str(LIB_DIR),
         "lib_overridden": LIB_OVERRIDDEN,
+        "mtmd": mtmd is not None,
         "llama_cpp_python": llama_cpp.__version__,
         "compiler": built.get("compiler"),
     }

@@ -28,8 +28,9 @@ from dcp_desktop.llama_build import llama_cpp as lc
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = sorted((ROOT / "native" / "llama.cpp-patches").glob("[0-9]*.patch"))
-TOLERANCE = 1e-3  # max |Δ logit|, float32 weights and KV cache (measured ~1e-5; flash attention: see below)
-FA_TOLERANCE = 2e-2  # flash attention: f16 KV cache and an f16 KQ mask (the bias is rounded to f16)
+# max |Δ logit| against PyTorch; the bias moves these logits by up to 2.4 (|logits| <= 2.5)
+TOLERANCE = 1e-4  # float32 weights and KV cache (measured 1.8e-6 on 2026-12-02)
+FA_TOLERANCE = 2e-2  # flash attention: f16 KV cache and f16 KQ mask, bias rounded to f16 (measured 3.2e-3)
 
 
 class Session:

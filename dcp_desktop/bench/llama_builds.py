@@ -71,8 +71,12 @@ def run_one(name: str, spec: str | None, args) -> dict:
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
+        import signal
+
+        how = (f"killed by {signal.Signals(-result.returncode).name}" if result.returncode < 0
+               else f"exit {result.returncode}")
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        return {"name": name, "error": f"exit {result.returncode}: {tail}"}
+        return {"name": name, "error": f"{how}\n{tail}"}
     return {"name": name, **json.loads(lines[0][len("RESULT "):])}
 
 

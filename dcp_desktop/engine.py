@@ -9,14 +9,19 @@ Vicuna-v1 template LLaVA-1.5 was trained with (template.py):
 The system prefix is decoded once per model load and kept in the cache; `new_chat` drops only what
 follows it. Follow-up questions append to the cache, so earlier images are never recomputed.
 
-Positions: a pruned image keeps the RoPE geometry of the full one. Each of its K rows sits at the
-position its grid patch has among all 576, and the text after it starts 576 positions after the
-image's start, so the question sees every kept patch at the distance the model was trained with. The
-cache still holds K cells. llama.cpp accepts only consecutive positions, so the rows are decoded
-packed and then moved to their places (a K-shift), and the first token after the image is decoded at
-the end of the cache and moved across the gap. Positions count against the context like cells do (the
-model knows no position past its training context), so an image whose full span no longer fits is
+Positions: a pruned image keeps the RoPE geometry of the full one. Each of its K rows is decoded at the
+position its grid patch has among all 576, and the text after it starts 576 positions after the image's
+start, so the question sees every kept patch at the distance the model was trained with. The cache still
+holds K cells. Upstream llama.cpp takes only consecutive positions; the project's build takes increasing
+positions with gaps (native/llama.cpp-patches/0002). Positions count against the context like cells do
+(the model knows no position past its training context), so an image whose full span no longer fits is
 packed: K positions, as many as its cells.
+
+Mass: a kept row that stands for m_k patches gets ln m_k added to every attention logit toward it, in
+every layer and head (patch 0001, a per-cell bias), when its ImageRows carry a bias. The bias is set once
+the rows are in the cache, so the rows do not see each other's bias; every later token does. On the
+demo model's validation split (400 questions, PyTorch engine, 2026-12-02) that scored like biasing the
+rows' own pass too: dcp at 16 tokens 86.0% against 84.8%, within noise.
 """
 
 from __future__ import annotations
@@ -151,16 +156,25 @@ class Engine:
             raise ValueError("image embeddings contain NaN or Inf")
         self._check_room(len(rows))
         start = self.position
-        self._decode(rows, rows=True, bias=image.bias)
         fits = start + image.span + room_after <= self.n_ctx
-        if image.grid_index is not None and self.llama.can_shift and fits:
-            self._move_rows(start, np.asarray(image.grid_index))
-            self.position = start + image.span
+        if image.grid_index is not None and self.llama.takes_gaps and fits:
+            offsets, span = np.asarray(image.grid_index), image.span
+        else:
+            offsets, span = np.arange(len(rows)), len(rows)
+        self.llama.remove(start)  # stale cells of an interrupted decode
+        for chunk in range(0, len(rows), self.llama.n_batch):
+            part = slice(chunk, chunk + self.llama.n_batch)
+            self.llama.decode(start + offsets[part], rows=rows[part])
+        if image.bias is not None:  # once the rows are cells (see the module docstring)
+            for position, bias in zip(start + offsets, image.bias):
+                self.llama.set_bias(int(position), int(position) + 1, float(bias))
+        self.n_past += len(rows)
+        self.position = start + span
 
     def decode_tokens(self, tokens: list[int]) -> None:
         """Decode text tokens at the next positions."""
         if len(tokens):
-            self._decode(np.asarray(tokens, dtype=np.int32), rows=False)
+            self._decode(np.asarray(tokens, dtype=np.int32))
 
     def next_token_logits(self) -> np.ndarray:
         """Logits for the token after the last decoded position, (n_vocab,) float32 (a copy)."""
@@ -184,35 +198,14 @@ class Engine:
 
     # --- the llama.cpp calls -----------------------------------------------------------------
 
-    def _move_rows(self, start: int, grid_index: np.ndarray) -> None:
-        """Rows decoded at start, start+1, … → start + grid_index[j]; the last first, so no two meet."""
-        for j in reversed(range(len(grid_index))):
-            if grid_index[j] != j:
-                self.llama.shift(start + j, start + j + 1, int(grid_index[j]) - j)
-
-    def _decode(self, items: np.ndarray, *, rows: bool, bias: np.ndarray | None = None) -> None:
-        """Decode items (token ids, or embedding rows with their attention bias) from self.position on,
-        n_batch at a time. After a pruned image the cache ends before self.position; llama.cpp takes no
-        gaps, so the first item goes at the cache's end and is then moved to self.position."""
+    def _decode(self, tokens: np.ndarray) -> None:
+        """Decode token ids from self.position on, n_batch at a time."""
         self.llama.remove(self.position)  # stale cells of an interrupted decode
-        done = 0
-        end = self.llama.position_range()[1] + 1
-        if end < self.position:
-            self._decode_batch(items[:1], end, rows=rows, bias=None if bias is None else bias[:1])
-            self.llama.shift(end, end + 1, self.position - end)
-            self.position, done = self.position + 1, 1
-        for start in range(done, len(items), self.llama.n_batch):
-            chunk = slice(start, start + self.llama.n_batch)
-            self._decode_batch(items[chunk], self.position, rows=rows, bias=None if bias is None else bias[chunk])
-            self.position += len(items[chunk])
-
-    def _decode_batch(self, items: np.ndarray, first_position: int, *, rows: bool, bias: np.ndarray | None) -> None:
-        positions = np.arange(first_position, first_position + len(items))
-        if rows:
-            self.llama.decode(positions, rows=items, bias=bias)
-        else:
-            self.llama.decode(positions, tokens=items)
-        self.n_past += len(items)
+        for start in range(0, len(tokens), self.llama.n_batch):
+            chunk = tokens[start:start + self.llama.n_batch]
+            self.llama.decode(np.arange(self.position, self.position + len(chunk)), tokens=chunk)
+            self.position += len(chunk)
+            self.n_past += len(chunk)
 
     def _check_room(self, n_new: int) -> None:
         """n_new more positions (one per cell, packed) must fit in the context."""

@@ -12,7 +12,8 @@ import ctypes
 import os
 from pathlib import Path
 
-import llama_cpp
+from . import llama_build
+from .llama_build import llama_cpp
 import numpy as np
 
 from .errors import InputError
@@ -112,7 +113,7 @@ class LlamaContext(LlamaVocab):
         self.n_ctx = min(n_ctx, llama_cpp.llama_n_ctx(self.ctx))  # llama.cpp may round the context up
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
-        self.can_shift = bool(llama_cpp.llama_memory_can_shift(self.memory))
+        self.takes_gaps = llama_build.has_attention_bias()  # our build's patches come together (0001, 0002)
 
     def close(self) -> None:
         if self.ctx:
@@ -123,13 +124,10 @@ class LlamaContext(LlamaVocab):
     # --- decoding ------------------------------------------------------------------------------
 
     def decode(self, positions: np.ndarray, *, tokens: np.ndarray | None = None,
-               rows: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+               rows: np.ndarray | None = None) -> None:
         """One llama_decode into sequence 0: token ids (n,) or embedding rows (n, n_embd) float32, at
-        `positions` (n,); logits are kept for the last item only. At most n_batch items. `bias` (n,):
-        an attention bias per row (not yet supported by this build of llama.cpp)."""
-        if bias is not None and np.any(bias != 0):
-            raise InputError("an attention bias per image row (--mass-bias) needs the project's own llama.cpp "
-                             "build, which this install does not have; re-run the README's set-up command")
+        `positions` (n,), increasing (gaps allowed: patch 0002); logits are kept for the last item only. At
+        most n_batch items."""
         n = len(positions)
         batch = llama_cpp.llama_batch_init(n, self.n_embd if rows is not None else 0, 1)
         try:
@@ -162,9 +160,12 @@ class LlamaContext(LlamaVocab):
         """Forget the cells at positions [p0, p1) (p1 = -1: to the end)."""
         llama_cpp.llama_memory_seq_rm(self.memory, 0, p0, p1)
 
-    def shift(self, p0: int, p1: int, delta: int) -> None:
-        """Move the cells at positions [p0, p1) by delta positions (a K-shift of their keys)."""
-        llama_cpp.llama_memory_seq_add(self.memory, 0, p0, p1, delta)
+    def set_bias(self, p0: int, p1: int, bias: float) -> None:
+        """The attention bias of the cells at positions [p0, p1): added to every logit toward them (patch 0001)."""
+        if not llama_build.has_attention_bias():
+            raise InputError("an attention bias per image row (--mass-bias on) needs dcp-desktop's own llama.cpp "
+                             f"build, but {llama_build.LIB_DIR} has none; unset LLAMA_CPP_LIB_PATH or use --mass-bias off")
+        llama_build.seq_set_bias(self.memory, 0, p0, p1, bias)
 
     def position_range(self) -> tuple[int, int]:
         """(lowest, highest) position in sequence 0; (-1, -1) when it is empty."""

@@ -1,7 +1,7 @@
 """The LLM in PyTorch: a stand-in for LlamaContext that an evaluation can look inside.
 
 Same contract as llama_context.LlamaContext (decode token ids or embedding rows at given positions into
-sequence 0, read the last logits, remove and shift cells, tokenize), so the Engine runs the same
+sequence 0, read the last logits, remove cells, set their attention bias, tokenize), so the Engine runs the same
 conversation on either (`Engine(..., backend="torch")`, `dcp-eval --engine torch`). The weights are the
 GGUF's, dequantised to float32, in `transformers` Llama modules (export.read_llama). The forward pass is
 written out here, layer by layer, because evaluations need what llama.cpp does not expose:
@@ -73,7 +73,7 @@ class TorchLlama(LlamaVocab):
         self.n_ctx, self.n_batch, self.n_embd = n_ctx, 512, config.hidden_size
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.kv_f16, self.can_shift = kv_f16, True
+        self.kv_f16, self.takes_gaps = kv_f16, True
         self.hooks = Hooks()
         self.cache: list[LayerCache] = []
         self._logits = torch.zeros(config.vocab_size)
@@ -152,20 +152,6 @@ class TorchLlama(LlamaVocab):
             gone = (c.positions >= p0) & ((c.positions < p1) if p1 >= 0 else True)
             keep = ~gone
             c.keys, c.values, c.positions, c.bias = c.keys[:, keep], c.values[:, keep], c.positions[keep], c.bias[keep]
-
-    @torch.inference_mode()
-    def shift(self, p0: int, p1: int, delta: int) -> None:
-        """Move the cells at positions [p0, p1) by delta: rotate their keys by delta more positions
-        (RoPE(a + b) = RoPE(b)·RoPE(a)), as llama.cpp's K-shift does."""
-        for c in self.cache:
-            moved = (c.positions >= p0) & (c.positions < p1)
-            if not moved.any():
-                continue
-            cos, sin = self.rotary(c.keys, torch.full((1, int(moved.sum())), delta))
-            k = c.keys[:, moved][None]
-            rotated, _ = apply_rotary_pos_emb(k, k, cos, sin)
-            c.keys[:, moved] = self._stored(rotated[0])
-            c.positions[moved] += delta
 
     def position_range(self) -> tuple[int, int]:
         positions = self.cache[0].positions

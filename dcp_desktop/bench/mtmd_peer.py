@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from llama_cpp import mtmd_cpp as mtmd
+from ..llama_build import mtmd
 from PIL import Image
 
 from ..llama_context import LlamaContext

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import llama_cpp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +42,7 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from dcp_desktop import scenes, template
 from dcp_desktop.export import Vocab, export_llava, read_llava_state, spm_vocab
 from dcp_desktop.image import preprocess
+from dcp_desktop.llama_context import LlamaVocab
 
 NAME = "dcp-demo"  # the exported pair: NAME.gguf and mmproj-NAME.gguf
 VISION_HEAD_DIM = 64  # as in CLIP ViT-L
@@ -145,16 +145,13 @@ class SpmTokenizer:
 
 def check_tokenizer(tokenizer: SpmTokenizer, llm_gguf: Path, texts: list[str]) -> None:
     """Raise unless llama.cpp, loading `llm_gguf`'s vocabulary, tokenises every text as we do."""
-    llama = llama_cpp.Llama(model_path=str(llm_gguf), vocab_only=True, verbose=False)
-    try:
+    with LlamaVocab(llm_gguf) as llama:
         for text in texts:
-            theirs = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            theirs = llama.tokenize(text)
             ours = tokenizer.encode(text)
             if ours != theirs:
                 raise RuntimeError(f"tokenisation of {text!r} differs from llama.cpp's: ours {ours}, "
                                    f"llama.cpp {theirs} ({llm_gguf}); fix SpmTokenizer before training")
-    finally:
-        llama.close()
 
 
 def template_texts(items: list[scenes.Question]) -> list[str]:

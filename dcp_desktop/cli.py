@@ -4,6 +4,7 @@
     dcp-chat IMAGE                      interactive: follow-up questions, /image PATH, /new, /quit
     dcp-chat pull NAME                  download a catalog model (the only command that uses the network)
     dcp-chat models                     list catalog models and whether they are downloaded
+    dcp-chat doctor [--json]            what this install runs on (llama.cpp build, backends, PyTorch), for bug reports
 
 Bad input (a file, an argument, a model) prints one line that says what to do, and exits with 2.
 """
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 
-from . import cli_options, models
+from . import cli_options, doctor, models
 from .engine import GenerationParams
 from .errors import InputError, run_command
 from .pipeline import EncodedImage, Pipeline, Turn
@@ -27,6 +28,7 @@ examples:
   dcp-chat scan.png --model ./my-llava/                          (a folder with LLM + mmproj GGUF)
   dcp-chat photo.jpg "Describe it" --model llm.gguf --mmproj mmproj.gguf
   dcp-chat pull llava-1.5-7b                                     (download once, then offline)
+  dcp-chat doctor --json                                         (the build and devices, for a bug report)
 """
 
 
@@ -147,7 +149,16 @@ def _pull_command(argv: list[str]) -> None:
     print(f"ready: {files.llm}\n       {files.mmproj}")
 
 
+def _doctor_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="dcp-chat doctor", description=doctor.__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (paste it into a bug report)")
+    info = doctor.report()
+    print(json.dumps(info, indent=1) if parser.parse_args(argv).json else doctor.text(info))
+
+
 def run(argv: list[str]) -> None:
+    if argv[:1] == ["doctor"]:
+        return _doctor_command(argv[1:])
     if argv[:1] == ["models"]:
         return _models_command(argv[1:])
     if argv[:1] == ["pull"]:

@@ -102,6 +102,23 @@ _seq_set_bias = _bind("llama_memory_seq_set_bias", ctypes.c_bool,
                       ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_float)
 
 
+_verbose = False  # llama.cpp's and ggml's log go to stderr only when asked for (--verbose)
+
+
+@llama_cpp.llama_log_callback
+def _log(level: int, text: bytes, user_data) -> None:
+    if _verbose:
+        os.write(2, text)
+
+
+def set_verbose(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))  # before the backends load: they log too
+
+
 def _load_backends() -> None:
     """Load ggml's backends from LIB_DIR once. A build with backends linked in (not GGML_BACKEND_DL)
     has them registered already; loading again would register duplicates.

@@ -12,22 +12,12 @@ import ctypes
 import os
 from pathlib import Path
 
-from . import llama_build
-from .llama_build import llama_cpp
 import numpy as np
 
+from . import llama_build
 from .errors import InputError
+from .llama_build import llama_cpp
 
-_verbose = False  # llama.cpp's log goes to stderr only when a context asked for it
-
-
-@llama_cpp.llama_log_callback
-def _log(level: int, text: bytes, user_data) -> None:
-    if _verbose:
-        os.write(2, text)
-
-
-llama_cpp.llama_log_set(_log, ctypes.c_void_p(0))
 llama_cpp.llama_backend_init()
 
 
@@ -46,8 +36,7 @@ class LlamaVocab:
 
     def __init__(self, path: str | Path, *, n_gpu_layers: int | None = 0, verbose: bool = False,
                  vocab_only: bool = True):
-        global _verbose
-        _verbose = verbose
+        llama_build.set_verbose(verbose)
         self.model = None
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = gpu_layers(n_gpu_layers)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import make_test_model
@@ -185,3 +186,18 @@ def test_help_teaches(capsys):
 def test_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "dcp_desktop.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "dcp-chat" in result.stdout
+
+
+def test_doctor_json_says_what_this_install_runs_on(capsys):
+    code, out, err = run_main(main, capsys, "doctor", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    llama, tensor = info["llama_cpp"], info["torch"]
+    assert llama["commit"] == "0c1e570" and isinstance(llama["attention_bias"], bool)
+    assert "CPU" in llama["backends"] and isinstance(llama["backends"], list)
+    assert llama["cpu_variant"] in llama["cpu_variant_scores"] and llama["cpu_variant_scores"][llama["cpu_variant"]] > 0
+    assert llama["cpu_variant_scores"][llama["cpu_variant"]] == max(llama["cpu_variant_scores"].values())
+    assert tensor["version"] == torch.__version__ and "cpu" in tensor["devices"]
+    assert tensor["vision_dtype"] in ("float32", "bfloat16", "float16")
+    code, text, _ = run_main(main, capsys, "doctor")
+    assert code == 0 and f"CPU variant: {llama['cpu_variant']}" in text and "attention bias" in text

@@ -168,10 +168,10 @@ class Pipeline:
         cfg = self.vision.cfg
         budget = check_budget(options, cfg.n_patches, cfg.n_blocks)
         if options.method in INLLM_METHODS:
-            self._pruner(options, budget[0])
+            self.pruner(options, budget[0])
         return budget
 
-    def _pruner(self, options: PipelineOptions, n_keep: int):
+    def pruner(self, options: PipelineOptions, n_keep: int):
         """A fresh hook that prunes the next turn's image inside the LLM (inllm/)."""
         return make_pruner(options.method, options.inllm_options, n_keep=n_keep, n_full=self.vision.cfg.n_patches,
                            n_layers=self.engine.llama.n_layers, grid_width=self.vision.cfg.grid)
@@ -259,7 +259,7 @@ class Pipeline:
             if len(images) > 1:
                 raise InputError(f"--method {self.options.method} prunes one image per question inside the LLM; "
                                  f"this question brings {len(images)}")
-            hooks = self._pruner(self.options, self.n_keep)
+            hooks = self.pruner(self.options, self.n_keep)
         prepared = [self.prepare(image, question) for image in images]
         return Turn(self.engine, question, prepared, self.options, params, hooks)
 

@@ -11,6 +11,12 @@ DivPrune, FasterVLM, random and pool have no knobs. Prints every value tried and
 the chosen values are then written into the defaults by hand (the option table in native/) and checked
 with `dcp-eval --split test`.
 
+The in-LLM methods (inllm/; --engine torch) have grids that follow the model's depth (`inllm_grids`): at
+most TRIALS evaluations each, the whole grid when it is smaller (FastV's layer and query, PyramidDrop's
+stage layers: on a 3-layer model there are only 4 and 3 choices). BTP first picks its stage layers the
+paper's way, from how much each layer changes the image tokens on the first 64 validation images
+(`btp_layers`, no accuracy involved), then searches its λ over TRIALS values.
+
 With 100 images × 4 questions an accuracy near 80% has a 95% interval of about ±4 points, so one pass over
 the grids is a coarse choice, not a fine optimum.
 """
@@ -25,11 +31,16 @@ from dataclasses import replace
 import numpy as np
 from tqdm import tqdm
 
-from .. import models
+import torch
+
+from .. import inllm, models
 from ..cli_options import budgets, method_list, whole_number
+from ..engine import BACKENDS
 from ..errors import InputError, run_command
+from ..inllm import btp
 from ..pipeline import Pipeline, PipelineOptions
 from ..prune import DEFAULT_OPTIONS
+from ..torch_llama import Hooks
 from . import harness
 
 TRIALS = 24  # evaluations per method with knobs
@@ -67,23 +78,103 @@ def score(pipe: Pipeline, benchmark: harness.Benchmark, options: PipelineOptions
     return accuracies
 
 
-def search(pipe: Pipeline, benchmark: harness.Benchmark, method: str, budgets_: list[int],
-           progress) -> tuple[dict, list[dict]]:
-    """The coordinate search for one method; returns its chosen knobs and every trial."""
-    grids = GRIDS[method]
-    chosen = {name: DEFAULT_OPTIONS[name] for name in grids}
+def inllm_grids(n_layers: int) -> dict[str, dict[str, tuple]]:
+    """The in-LLM methods' grids for a model of n_layers (BTP's stage layers are chosen before: btp_layers)."""
+    hook_layers = list(range(n_layers - 1))  # prune after layer 0 .. n_layers - 2
+    defaults = inllm.default_options(n_layers)
+    fastv_layers = _spread([defaults["fastv_layer"], *hook_layers], TRIALS - len(inllm.fastv.QUERIES))
+    stage_sets = [defaults["pyramiddrop_layers"], *_evenly_spaced_sets(hook_layers, max_stages=3)]
+    return {"fastv": {"fastv_layer": fastv_layers, "fastv_query": inllm.fastv.QUERIES},
+            "pyramiddrop": {"pyramiddrop_layers": _spread(stage_sets, TRIALS)},
+            "btp": {"btp_lambda": _fine_grid(defaults["btp_lambda"])}}
+
+
+def _evenly_spaced_sets(layers: list[int], max_stages: int) -> list[tuple[int, ...]]:
+    """Every set of 1..max_stages layers from `layers` at equal steps (PyramidDrop's stages are even)."""
+    sets = [(first,) for first in layers]
+    for stages in range(2, max_stages + 1):
+        sets += [tuple(range(first, first + step * stages, step)) for step in range(1, len(layers))
+                 for first in layers if first + step * (stages - 1) <= layers[-1]]
+    return sets
+
+
+def _spread(values: list, n: int) -> tuple:
+    """At most n of the distinct values, evenly over the list, the first (the default) always among them."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) <= n:
+        return tuple(distinct)
+    return tuple(distinct[int(i)] for i in np.linspace(0, len(distinct) - 1, n).round())
+
+
+def btp_layers(pipe: Pipeline, benchmark: harness.Benchmark) -> tuple[tuple[int, ...], list[float]]:
+    """BTP's stage layers from its calibration set (the benchmark's images) and the share of image tokens each
+    layer shifts (cosine before/after below btp.SHIFT_COSINE). No stage boundary (every layer shifts alike):
+    the default layers."""
+    images = [group[0][1] for group in harness.by_image(benchmark.examples)]
+    if not images:
+        raise InputError(f"{benchmark.name}: BTP's calibration set is empty; give it at least 1 image "
+                         "(--btp-calibration)")
+    base = pipe.options
+    try:
+        shift = np.mean([_image_shift(pipe, example) for example in images], axis=0)  # (n_layers,)
+    finally:
+        pipe.configure(base)
+    layers = btp.layers_from_shifts(shift) or btp.default_layers(len(shift))
+    return layers, [float(v) for v in shift]
+
+
+def _image_shift(pipe: Pipeline, example: harness.Example) -> np.ndarray:
+    """Per layer, the share of this image's tokens whose hidden state the layer turns by more than τ."""
+    pipe.configure(replace(pipe.options, method="full"))
+    rows = pipe.prepare(pipe.encode_image(example.load()), example.question).rows(pipe.options.positions)
+    seen = _EmbeddedRows()
+    pipe.new_chat()
+    pipe.engine.add_user_turn(example.question, [rows], hooks=seen)
+    states = [torch.as_tensor(rows.embeddings), *seen.after()]  # n_layers + 1 × (576, d)
+    return np.array([float((torch.cosine_similarity(a, b, dim=-1) < btp.SHIFT_COSINE).float().mean())
+                     for a, b in zip(states, states[1:])])
+
+
+class _EmbeddedRows(Hooks):
+    """Keeps the image rows' hidden states after every layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.states: dict[int, list[torch.Tensor]] = {}
+
+    def after_layer(self, layer, batch):
+        if batch.embedded:
+            self.states.setdefault(layer, []).append(batch.x)
+
+    def after(self) -> list[torch.Tensor]:
+        return [torch.cat(self.states[layer]) for layer in sorted(self.states)]
+
+
+def search(pipe: Pipeline, benchmark: harness.Benchmark, method: str, budgets_: list[int], progress,
+           grids: dict | None = None) -> tuple[dict, list[dict]]:
+    """The coordinate search for one method (over GRIDS[method], or `grids` for an in-LLM method, whose
+    knobs go into inllm_options on top of pipe.options'); returns its chosen knobs and every trial."""
+    grids = GRIDS[method] if grids is None else grids
+    field = "prune_options" if method in GRIDS else "inllm_options"
+    defaults = DEFAULT_OPTIONS if method in GRIDS else inllm.default_options(pipe.engine.llama.n_layers)
+    chosen = {name: defaults[name] for name in grids}
     trials = []
     for name, values in grids.items():
-        ordered = sorted(dict.fromkeys(values), key=lambda v: abs(v - chosen[name]) > 1e-3)  # the default first
+        ordered = sorted(dict.fromkeys(values), key=lambda v: not _same(v, chosen[name]))  # the default first
         results = []
         for i, value in enumerate(ordered):
-            options = replace(pipe.options, method=method, prune_options={**chosen, name: value})
+            knobs = {**getattr(pipe.options, field), **chosen, name: value}
+            options = replace(pipe.options, method=method, **{field: knobs})
             accuracies = score(pipe, benchmark, options, budgets_)
             trials.append({"method": method, "knob": name, "value": value, "accuracy": dict(zip(budgets_, accuracies))})
-            results.append((float(np.mean(accuracies)), -i, value))
+            results.append((float(np.mean(accuracies)), -i))
             progress.update()
-        chosen[name] = max(results)[2]  # ties: the earlier value
+        chosen[name] = ordered[-max(results)[1]]  # ties: the earlier value
     return chosen, trials
+
+
+def _same(a, b) -> bool:
+    return abs(a - b) <= 1e-3 if isinstance(a, float) and isinstance(b, float) else a == b
 
 
 def table(budgets_: list[int], trials: list[dict], chosen: dict) -> str:
@@ -96,34 +187,66 @@ def table(budgets_: list[int], trials: list[dict], chosen: dict) -> str:
     return "\n".join(lines) + "\n\nchosen: " + json.dumps(chosen)
 
 
+def calibrate(pipe: Pipeline, benchmark: harness.Benchmark, methods: list[str], budgets_: list[int], progress, *,
+              btp_set: harness.Benchmark) -> dict:
+    """Every method's search on `benchmark` (BTP's stage layers first, from the images of btp_set);
+    {"chosen", "trials", "btp_shift"}."""
+    n_layers = getattr(pipe.engine.llama, "n_layers", None)
+    chosen, trials, shift = {}, [], None
+    for method in methods:
+        grids = None
+        if method in inllm.METHODS:
+            if method == "btp":
+                layers, shift = btp_layers(pipe, btp_set)
+                pipe.configure(replace(pipe.options, inllm_options={**pipe.options.inllm_options, "btp_layers": layers}))
+            grids = inllm_grids(n_layers)[method]
+        chosen[method], method_trials = search(pipe, benchmark, method, budgets_, progress, grids)
+        if method == "btp":
+            chosen[method]["btp_layers"] = pipe.options.inllm_options["btp_layers"]
+        trials += method_trials
+    return {"chosen": chosen, "trials": trials, "btp_shift": shift}
+
+
+def n_trials(methods: list[str], n_layers: int | None) -> int:
+    """How many evaluations calibrate() runs (for a progress bar)."""
+    grids = {**GRIDS, **(inllm_grids(n_layers) if n_layers else {})}
+    return sum(len(set(values)) for m in methods for values in grids[m].values())
+
+
 def run(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m dcp_desktop.eval.calibrate", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "-m", default="demo", help="catalog name, LLM .gguf or folder (default demo)")
     parser.add_argument("--n", type=whole_number, default=100, help="validation images (default 100, 4 questions each)")
     parser.add_argument("--tokens", type=budgets, default=[16, 32], help="budgets to optimise (default 16,32)")
+    knobbed = [*GRIDS, *inllm.METHODS]
     parser.add_argument("--methods", type=method_list, default=list(GRIDS),
-                        help=f"methods to calibrate (default {','.join(GRIDS)}: every method with knobs)")
+                        help=f"methods to calibrate (default {','.join(GRIDS)}; also {','.join(inllm.METHODS)} with "
+                             "--engine torch)")
+    parser.add_argument("--engine", choices=BACKENDS, default="llamacpp",
+                        help="the LLM in llama.cpp (default) or PyTorch (needed by the in-LLM methods)")
+    parser.add_argument("--btp-calibration", type=whole_number, default=btp.CALIBRATION_IMAGES, metavar="N",
+                        help=f"validation images BTP picks its stage layers on (default {btp.CALIBRATION_IMAGES})")
     parser.add_argument("--threads", type=whole_number, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write every trial and the choice as JSON")
     args = parser.parse_args(argv)
     if args.n < 1:
         raise InputError(f"--n: expected at least 1 image, got {args.n}")
-    without = [m for m in args.methods if m not in GRIDS]
+    without = [m for m in args.methods if m not in knobbed]
     if without:
-        raise InputError(f"--methods: {', '.join(without)} have no knobs to calibrate; choose from {', '.join(GRIDS)}")
+        raise InputError(f"--methods: {', '.join(without)} have no knobs to calibrate; choose from {', '.join(knobbed)}")
     benchmark = harness.scenes_benchmark("validation", args.n)
-    options = PipelineOptions(n_threads=args.threads, vision_dtype="float32")
-    chosen, trials = {}, []
+    options = PipelineOptions(n_threads=args.threads, vision_dtype="float32", engine=args.engine)
     with Pipeline(models.resolve(args.model, None), options) as pipe:
-        total = sum(len(set(v)) for m in args.methods for v in GRIDS[m].values())
+        for method in args.methods:  # an in-LLM method on llama.cpp fails here, before any trial
+            pipe.check(replace(options, method=method, n_keep=args.tokens[0]))
+        total = n_trials(args.methods, getattr(pipe.engine.llama, "n_layers", None))
         with tqdm(total=total, unit="trial", desc="calibrate", file=sys.stderr) as bar:
-            for method in args.methods:
-                chosen[method], method_trials = search(pipe, benchmark, method, args.tokens, bar)
-                trials += method_trials
+            found = calibrate(pipe, benchmark, args.methods, args.tokens, bar,
+                              btp_set=harness.scenes_benchmark("validation", args.btp_calibration, 1))
     report = {"model": args.model, "split": "validation", "n": len(benchmark.examples), "tokens": args.tokens,
-              "trials_per_method": TRIALS, "chosen": chosen, "trials": trials}
-    print(table(args.tokens, trials, chosen))
+              "trials_per_method": TRIALS, **found}
+    print(table(args.tokens, found["trials"], found["chosen"]))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(report, file, indent=1)

@@ -176,7 +176,7 @@ def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params
     try:
         if warm_up:
             _warm_up(pipe, benchmark.examples[0], base, params)
-        for index, group in enumerate(_by_image(benchmark.examples)):
+        for index, group in enumerate(by_image(benchmark.examples)):
             image = group[0][1].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
             for cell in todo:
@@ -248,7 +248,7 @@ def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: Ge
     pipe.ask(example.question, [pipe.encode_image(example.load())], params).text()
 
 
-def _by_image(examples: list[Example]) -> list[list[tuple[int, Example]]]:
+def by_image(examples: list[Example]) -> list[list[tuple[int, Example]]]:
     """(question index, example) pairs grouped by image, in benchmark order."""
     groups: dict[int | Path, list[tuple[int, Example]]] = {}
     for question, example in enumerate(examples):

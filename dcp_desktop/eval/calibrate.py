@@ -29,9 +29,8 @@ import sys
 from dataclasses import replace
 
 import numpy as np
-from tqdm import tqdm
-
 import torch
+from tqdm import tqdm
 
 from .. import inllm, models
 from ..cli_options import budgets, method_list, whole_number

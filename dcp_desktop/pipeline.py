@@ -23,9 +23,9 @@ import torch
 from .engine import Engine, GenerationParams, ImageRows
 from .errors import InputError
 from .image import load_image, preprocess
-from .models import ModelFiles, ModelInfo, validate
 from .inllm import METHODS as INLLM_METHODS
 from .inllm import make_pruner
+from .models import ModelFiles, ModelInfo, validate
 from .prune import METHODS, TEXT_AWARE, Selection, select
 from .question import TokenEmbeddings
 from .vision import EncoderState, VisionTower, pick_dtype

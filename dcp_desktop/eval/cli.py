@@ -35,8 +35,8 @@ examples:
   dcp-eval --split validation --methods dcp --tokens 16 --prune-option tau=0.3     (tune a knob)
   dcp-eval --model demo --acgr-layer 3 --methods dcp,fastervlm --tokens 64,16      (prune inside the encoder)
   dcp-eval --model llava-1.5-7b --data pope.jsonl --tokens 576,64,16               (your own questions)
-  dcp-eval --engine torch --threads 1 --methods btp,fastv,pyramiddrop,dcp --tokens 64,16 \
-           --inllm-option btp_layers=0,1                              (prune inside the LLM: PyTorch engine)
+  dcp-eval --engine torch --threads 1 --methods btp,fastv,pyramiddrop,dcp --tokens 64,16
+           --inllm-option btp_layers=0,1                          (prune inside the LLM: PyTorch engine)
 """
 
 

@@ -34,6 +34,12 @@ from ..pipeline import Pipeline, PipelineOptions
 from . import btp_desktop, calibrate, harness, report
 
 METHODS = ("btp", "fastv", "pyramiddrop", "dcp", "divprune", "cdpruner", "visionzip")
+NOTES = """Knobs: BTP's stage layers by its own criterion (calibration section), its λ, FastV's layer and query and
+PyramidDrop's stage layers on the validation split; DCP-Prune, DivPrune, CDPruner and VisionZip keep their
+defaults (calibrated earlier with `python -m dcp_desktop.eval.calibrate`). Pre-LLM methods' rows carry the mass
+bias. Prefill ms of the pre-LLM methods include the PyTorch engine's one K-shift per kept row (most of it at 128
+tokens): compare FLOPs. For a new model (the demo model will be replaced by demo v3) re-run the command with
+`--model`: every in-LLM choice is made again on validation."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +111,7 @@ def _write(out: Path, record: dict) -> None:
     out.with_suffix(".json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     found = record["calibration"]
     text = [f"# In-LLM pruning against pre-LLM pruning ({record['date']})",
-            f"`{record['command']}` on {record['machine']}: {record['minutes']:.1f} min.",
+            f"`{record['command']}` on {record['machine']}: {record['minutes']:.1f} min.", NOTES,
             "## Test split", report.table(record["test"]),
             "## Desktop question (validation): BTP's choice before the LLM", btp_desktop.table(
                 {int(k): v for k, v in record["desktop"].items()}),

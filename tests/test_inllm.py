@@ -108,15 +108,17 @@ def test_removing_cached_cells_instead_is_not_one_prefill(demo, image):
     assert np.abs(shortcut_logits - single_logits).max() > 1e-3
 
 
-def test_stages_keep_their_budgets_nested_and_the_same_each_time(demo, image):
+@pytest.mark.parametrize("method, layers, budgets", [(BTP(0.6), (0, 1), [96, 16]), (PyramidDrop(), (0, 1), [96, 16]),
+                                                     (FastV(), (1,), [16])])
+def test_stages_keep_their_budgets_nested_and_the_same_each_time(demo, image, method, layers, budgets):
     runs = []
     for _ in range(2):
-        pruner = _pruner(BTP(0.6), (0, 1), k=16)
+        pruner = _pruner(method, layers, k=16)
         _split(demo, pruner, image)
         runs.append(pruner.kept)
-    first, second = runs[0]
-    assert len(first) == 96 and len(second) == 16  # geometric: 576 · (16/576)^(1/2), then 16
-    assert set(second) <= set(first)
+    assert [len(kept) for kept in runs[0]] == budgets  # geometric: 576 · (16/576)^(1/2) = 96, then 16
+    for earlier, later in zip(runs[0], runs[0][1:]):
+        assert set(later) <= set(earlier)
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
 

@@ -80,9 +80,10 @@ def make_pruner(method: str, options: dict, *, n_keep: int, n_full: int, n_layer
     """A fresh hook (hook.StagePruner) for one turn of `method` at budget n_keep; InputError for options
     that do not fit the model."""
     from .hook import StagePruner  # imports transformers (torch_llama): only when a method runs
+
     given = {**default_options(n_layers), **options}
     if method == "fastv":
-        layers, budgets, names = (given["fastv_layer"],), None, ("fastv_layer", "")
+        layers, budgets, names = (given["fastv_layer"],), None, ("fastv_layer", "budgets")
         chooser = fastv.FastV(given["fastv_query"])
     elif method in ("btp", "pyramiddrop"):
         layers, budgets = given[f"{method}_layers"], given.get(f"{method}_budgets")

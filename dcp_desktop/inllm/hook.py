@@ -47,32 +47,32 @@ class StagePruner(Hooks):
         stage = self.schedule.layers.index(layer)
         image = (batch.positions >= self.start) & (batch.positions < self.start + self.n_full)  # (n,)
         question = batch.positions >= self.start + self.n_full  # (n,) rows that see the whole image
-        if not question.any():
+        if not question.any():  # the question has not come yet: set the image aside after the first stage
             return self._park(batch, image) if stage == 0 and image.any() else None
+        candidates = batch.take(_rows(image))
         if stage == 0 and self.parked is not None:
-            return self._prune(stage, batch, _rows(~image), batch.take(_rows(image)).after(self.parked))
-        if not image.any():
+            candidates = candidates.after(self.parked)  # the rows set aside come back here
+        if not len(candidates):
             return None  # the image was pruned by an earlier decode: answer tokens, follow-ups
-        return self._prune(stage, batch, _rows(~image), batch.take(_rows(image)))
+        return self._prune(stage, batch, image, question, candidates)
 
     def _park(self, batch: Batch, image: torch.Tensor) -> Batch:
         rows = batch.take(_rows(image))
         self.parked = rows if self.parked is None else rows.after(self.parked)
         return batch.take(_rows(~image))
 
-    def _prune(self, stage: int, batch: Batch, others: torch.Tensor, candidates: Batch) -> Batch:
-        """Keep `candidates` (image rows, sequence order) per the method; the batch's other rows stay."""
-        order = torch.argsort(candidates.positions)
-        candidates = candidates.take(order)
-        view = self._view(stage, batch, candidates)
+    def _prune(self, stage: int, batch: Batch, image: torch.Tensor, question: torch.Tensor,
+               candidates: Batch) -> Batch:
+        """Keep some of `candidates` (the image rows in play) per the method; the batch's other rows stay."""
+        candidates = candidates.take(torch.argsort(candidates.positions))  # sequence order
+        view = self._view(stage, batch, question, candidates)
         keep = np.sort(self.method.select(view))
         self.kept.append(view.grid[keep])
         self.parked = None
-        return batch.take(others).after(candidates.take(torch.as_tensor(keep)))
+        return batch.take(_rows(~image)).after(candidates.take(torch.as_tensor(keep)))
 
-    def _view(self, stage: int, batch: Batch, candidates: Batch) -> StageView:
+    def _view(self, stage: int, batch: Batch, question: torch.Tensor, candidates: Batch) -> StageView:
         columns = _columns(batch.attended, candidates.positions)  # (N,)
-        question = batch.positions >= self.start + self.n_full
         attention = batch.attention[:, :, columns]  # (heads, n, N)
         return StageView(stage=stage, n_stages=self.schedule.n_stages, budget=self.schedule.budgets[stage],
                          last=attention[:, -1].mean(0).numpy(), text=attention[:, question].mean((0, 1)).numpy(),

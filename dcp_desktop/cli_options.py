@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import models
+from . import inllm, models
 from .errors import InputError
 from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, POSITIONS, PipelineOptions
 from .prune import DEFAULT_OPTIONS, METHODS
@@ -35,12 +35,13 @@ def budgets(text: str) -> list[int]:
 
 
 def method_list(text: str) -> list[str]:
-    """Comma-separated method names, e.g. `dcp,divprune`."""
+    """Comma-separated method names, e.g. `dcp,divprune` (the in-LLM ones too: evaluation tools only)."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    known = METHODS + inllm.METHODS
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {', '.join(METHODS)}")
+                                         f"choose from {', '.join(known)}")
     return names
 
 
@@ -90,6 +91,13 @@ def add_pruning_options(group, *, single_budget: bool) -> None:
                             "image's layout as the model was trained to; 'packed' puts them one after another")
 
 
+def add_inllm_options(group) -> None:
+    """The knobs of the methods that prune inside the LLM (evaluation tools: they need --engine torch)."""
+    group.add_argument("--inllm-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a knob of the in-LLM methods (btp, fastv, pyramiddrop), e.g. btp_layers=0,1 "
+                            "(repeatable); knobs: " + ", ".join(inllm.KNOBS))
+
+
 def add_hardware_options(parser: argparse.ArgumentParser, *, vision_dtype: str = "auto"):
     """The hardware group (returned, for a tool's own hardware options)."""
     group = parser.add_argument_group("hardware")
@@ -112,7 +120,8 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     return PipelineOptions(
         method=getattr(args, "method", DEFAULT_METHOD), n_keep=getattr(args, "tokens", DEFAULT_TOKENS),
         acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
-        prune_options=parse_prune_options(args.prune_option), seed=getattr(args, "seed", 0) or 0,
+        prune_options=parse_prune_options(args.prune_option), inllm_options=inllm.parse_options(getattr(args, "inllm_option", [])),
+        seed=getattr(args, "seed", 0) or 0,
         positions=args.positions, mass_bias=args.mass_bias == "on", n_threads=args.threads,
         n_gpu_layers=args.n_gpu_layers, device=args.device,
         vision_dtype=args.vision_dtype, engine=getattr(args, "engine", "llamacpp"),

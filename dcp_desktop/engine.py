@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,7 @@ class Engine:
         self._answered = False  # an answer is in the cache and still needs its closing </s>
         self.position = 0  # the position the next token takes (past a pruned image's unused positions)
         self.n_past = 0  # cells in the cache: text tokens + image rows, prefix included
+        self.turn_images: list[tuple[int, int]] = []  # positions [p0, p1) of the images the last turn added
         self.decode_tokens(template.system_ids(self.tokenize, self.llama.bos))
         self.n_prefix = self.n_past  # the cached system prefix
 
@@ -110,17 +112,42 @@ class Engine:
     def tokenize(self, text: str) -> list[int]:
         return self.llama.tokenize(text)
 
-    def add_user_turn(self, question: str, images: list[ImageRows] = ()) -> None:
-        """Append `USER: [images]\\n{question} ASSISTANT:` to the cache."""
+    def add_user_turn(self, question: str, images: list[ImageRows] = (), hooks=None) -> None:
+        """Append `USER: [images]\\n{question} ASSISTANT:` to the cache. `hooks` (torch_llama.Hooks, PyTorch
+        engine only): what the LLM does between its layers during this turn's decodes (in-LLM pruning)."""
         head = template.turn_head_ids(self.tokenize, self.llama.eos, after_answer=self._answered)
         tail = template.turn_tail_ids(self.tokenize, question, has_images=bool(images))
         self._check_room(len(head) + sum(len(image.embeddings) for image in images) + len(tail))
-        self.decode_tokens(head)
-        for i, image in enumerate(images):
-            later = sum(len(other.embeddings) for other in images[i + 1:]) + len(tail) + 1  # + 1 answer token
-            self.inject(image, room_after=later)
-        self.decode_tokens(tail)
+        self.turn_images = []
+        with self._between_layers(hooks):
+            self.decode_tokens(head)
+            for i, image in enumerate(images):
+                later = sum(len(other.embeddings) for other in images[i + 1:]) + len(tail) + 1  # + 1 answer token
+                self.inject(image, room_after=later)
+            self.decode_tokens(tail)
         self._answered = False
+
+    @contextmanager
+    def _between_layers(self, hooks):
+        """The LLM runs `hooks` between its layers inside this block (the PyTorch engine only)."""
+        if hooks is None:
+            yield
+            return
+        if not hasattr(self.llama, "hooks"):
+            raise InputError("pruning inside the LLM needs the PyTorch engine (--engine torch)")
+        before, self.llama.hooks = self.llama.hooks, hooks
+        try:
+            yield
+        finally:
+            self.llama.hooks = before
+
+    def image_cells_per_layer(self) -> list[int] | None:
+        """How many cells of the last turn's images each LLM layer holds (None on llama.cpp, whose layers
+        all hold the same cells)."""
+        counts = [self.llama.cells_per_layer(p0, p1) for p0, p1 in self.turn_images]
+        if not counts or counts[0] is None:
+            return None
+        return [sum(layer) for layer in zip(*counts)]
 
     def generate(self, params: GenerationParams = GenerationParams()) -> Iterator[str]:
         """Stream the assistant's answer as text pieces. Stops at </s> or max_tokens; the caller may
@@ -170,6 +197,7 @@ class Engine:
                 self.llama.set_bias(int(position), int(position) + 1, float(bias))
         self.n_past += len(rows)
         self.position = start + span
+        self.turn_images.append((start, self.position))
 
     def decode_tokens(self, tokens: list[int]) -> None:
         """Decode text tokens at the next positions."""

@@ -83,6 +83,8 @@ class LlamaVocab:
 class LlamaContext(LlamaVocab):
     """One model file, one context, sequence 0. Attributes are read-only facts of the loaded model."""
 
+    flops = None  # llama.cpp does not count its work (torch_llama.TorchLlama does)
+
     def __init__(self, path: str | Path, *, n_ctx: int, n_batch: int = 512, n_threads: int | None = None,
                  n_gpu_layers: int | None = None, verbose: bool = False):
         self.ctx = None
@@ -160,6 +162,10 @@ class LlamaContext(LlamaVocab):
         """(lowest, highest) position in sequence 0; (-1, -1) when it is empty."""
         return (llama_cpp.llama_memory_seq_pos_min(self.memory, 0),
                 llama_cpp.llama_memory_seq_pos_max(self.memory, 0))
+
+    def cells_per_layer(self, p0: int, p1: int) -> None:
+        """None: llama.cpp's layers all hold the same cells, and it does not say how many per range."""
+        return None
 
     def state_bytes(self) -> int:
         """Size of sequence 0's saved state: its cells' keys and values plus a little metadata."""

@@ -24,6 +24,8 @@ from .engine import Engine, GenerationParams, ImageRows
 from .errors import InputError
 from .gguf_file import VisionConfig
 from .image import load_image, preprocess
+from .inllm import METHODS as INLLM_METHODS
+from .inllm import make_pruner
 from .models import ModelFiles, ModelInfo, validate
 from .prune import METHODS, TEXT_AWARE, Selection, check_n_keep, select
 from .question import TokenEmbeddings
@@ -42,6 +44,7 @@ class PipelineOptions:
     acgr_layer: int | None = None  # prune inside the encoder after this many blocks (None: at the output)
     acgr_anchors: int | None = None  # M tokens kept inside the encoder (None: 4·K)
     prune_options: dict = field(default_factory=dict)  # knobs of the methods (prune.DEFAULT_OPTIONS)
+    inllm_options: dict = field(default_factory=dict)  # knobs of the in-LLM methods (inllm.KNOBS)
     seed: int = 0  # for the "random" method
     positions: str = "grid"  # kept rows sit at their patches' RoPE positions; "packed": one after another
     mass_bias: bool = False  # the LLM weighs each kept row by the patches it stands for: ln m_k on its logits
@@ -100,9 +103,12 @@ def _timed(timings: dict[str, float], stage: str):
 
 def check_budget(options: PipelineOptions, cfg: VisionConfig) -> tuple[int, int | None, int]:
     """(K, ACGR layer or None, M) for these options on this vision tower; InputError naming the
-    command-line flag for anything out of range."""
-    if options.method not in METHODS:
-        raise InputError(f"--method: unknown '{options.method}'; choose one of {', '.join(METHODS)}")
+    command-line flag for anything out of range (an in-LLM method's schedule is checked against the LLM
+    by Pipeline.check)."""
+    if options.method not in METHODS + INLLM_METHODS:
+        raise InputError(f"--method: unknown '{options.method}'; choose one of {', '.join(METHODS + INLLM_METHODS)}")
+    if options.method in INLLM_METHODS:
+        _check_inllm(options)
     if options.positions not in POSITIONS:
         raise InputError(f"--positions: unknown '{options.positions}'; choose one of {', '.join(POSITIONS)}")
     n_patches, n_blocks = cfg.n_patches, cfg.n_blocks
@@ -123,6 +129,16 @@ def check_budget(options: PipelineOptions, cfg: VisionConfig) -> tuple[int, int 
     return n_keep, layer, anchors
 
 
+def _check_inllm(options: PipelineOptions) -> None:
+    if options.engine != "torch":
+        raise InputError(f"--method {options.method} prunes inside the language model, between its decoder layers, "
+                         "which llama.cpp cannot do; it runs on the PyTorch evaluation engine: add --engine torch "
+                         "(dcp-eval)")
+    if options.acgr_layer is not None:
+        raise InputError(f"--acgr-layer: method '{options.method}' prunes inside the LLM and needs every patch at "
+                         "the encoder's output; drop --acgr-layer")
+
+
 class Pipeline:
     """A loaded model and one conversation. Close it (or use `with`) to free llama.cpp's memory."""
 
@@ -136,18 +152,31 @@ class Pipeline:
                 torch.set_num_threads(options.n_threads)
             device = pick_device(options.device)
             self.vision = VisionTower.from_gguf(files.mmproj, device=device, dtype=pick_dtype(options.vision_dtype, device))
-            self.configure(options)
+            check_budget(options, self.vision.cfg)  # before the LLM loads
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
                                  verbose=options.verbose, backend=options.engine)
+            self.configure(options)
 
     def configure(self, options: PipelineOptions) -> None:
         """Switch method, budget, encoder layer or knobs without reloading the models (the loading
         options — threads, device, context — keep the values the Pipeline was built with)."""
-        self.n_keep, self.acgr_layer, self.n_anchors = check_budget(options, self.vision.cfg)
+        self.n_keep, self.acgr_layer, self.n_anchors = self.check(options)
         self.options = options
         if options.method in TEXT_AWARE and self.token_embeddings is None:
             self.token_embeddings = TokenEmbeddings(self.files.llm)  # question rows come from the LLM file
+
+    def check(self, options: PipelineOptions) -> tuple[int, int | None, int]:
+        """check_budget, and an in-LLM method's schedule against this LLM; InputError for what does not fit."""
+        budget = check_budget(options, self.vision.cfg)
+        if options.method in INLLM_METHODS:
+            self.pruner(options, budget[0])
+        return budget
+
+    def pruner(self, options: PipelineOptions, n_keep: int):
+        """A fresh hook that prunes the next turn's image inside the LLM (inllm/)."""
+        return make_pruner(options.method, options.inllm_options, n_keep=n_keep, n_full=self.vision.cfg.n_patches,
+                           n_layers=self.engine.llama.n_layers, grid_width=self.vision.cfg.grid)
 
     def close(self) -> None:
         self.engine.close()
@@ -207,11 +236,12 @@ class Pipeline:
     def prepare(self, image: EncodedImage, question: str) -> ImageTokens:
         """Prune an encoded image to K tokens for this question and project them."""
         cfg, timings = self.vision.cfg, dict(image.timings_ms)
+        inllm = self.options.method in INLLM_METHODS  # every patch goes in; the LLM prunes (inllm/)
         with _timed(timings, "prune"):
             text = self.question_features(question) if self.options.method in TEXT_AWARE else None
             selection = select(image.features, image.cls_attn, keys=image.keys, masses=image.masses,
-                               patch_idx=image.patch_idx, text=text, n_keep=self.n_keep,
-                               method=self.options.method, grid=(cfg.grid, cfg.grid),
+                               patch_idx=image.patch_idx, text=text, n_keep=cfg.n_patches if inllm else self.n_keep,
+                               method="full" if inllm else self.options.method, grid=(cfg.grid, cfg.grid),
                                options=self.options.prune_options, seed=self.options.seed)
         with _timed(timings, "project"):
             embeddings = self.vision.project(selection.features)  # (K, n_embd)
@@ -226,8 +256,14 @@ class Pipeline:
         conversation). Iterate the Turn for the answer's pieces; its figures are final when it ends."""
         if not question.strip():
             raise InputError("question: empty; ask something about the image")
+        hooks = None
+        if self.options.method in INLLM_METHODS and images:
+            if len(images) > 1:
+                raise InputError(f"--method {self.options.method} prunes one image per question inside the LLM; "
+                                 f"this question brings {len(images)}")
+            hooks = self.pruner(self.options, self.n_keep)
         prepared = [self.prepare(image, question) for image in images]
-        return Turn(self.engine, question, prepared, self.options, params)
+        return Turn(self.engine, question, prepared, self.options, params, hooks)
 
     def new_chat(self) -> None:
         self.engine.new_chat()
@@ -239,8 +275,11 @@ class Turn:
     figures fill in as it runs and are final once the iteration has ended."""
 
     def __init__(self, engine: Engine, question: str, images: list[ImageTokens], options: PipelineOptions,
-                 params: GenerationParams):
+                 params: GenerationParams, hooks=None):
         self.images = images  # the pruned images this turn added
+        self.hooks = hooks  # what the LLM does between its layers in this turn's prefill (in-LLM pruning)
+        self.prefill_flops: float | None = None  # the prefill's work, counted by the PyTorch engine
+        self.image_tokens_per_layer: list[int] | None = None  # image cells each LLM layer holds (PyTorch engine)
         self.answer = ""
         self.prefill_ms = 0.0  # the turn's text and image rows into the cache
         self.first_token_ms: float | None = None  # from the start of the prefill to the first piece
@@ -283,9 +322,13 @@ class Turn:
 
     def _run(self, engine: Engine, question: str, options: PipelineOptions, params: GenerationParams) -> Iterator[str]:
         start = time.perf_counter()
-        n_before = engine.n_past
-        engine.add_user_turn(question, [image.rows(options.positions, options.mass_bias) for image in self.images])
+        n_before, flops_before = engine.n_past, engine.llama.flops
+        engine.add_user_turn(question, [image.rows(options.positions, options.mass_bias) for image in self.images],
+                             self.hooks)
         self.prefill_ms = _ms_since(start)
+        if flops_before is not None:
+            self.prefill_flops = float(engine.llama.flops - flops_before)
+        self.image_tokens_per_layer = engine.image_cells_per_layer()
         n_prompt = engine.n_past
         self.n_prompt_tokens = n_prompt - n_before
         try:

@@ -186,17 +186,17 @@ def test_conversation_mode_reports_follow_ups_apart(tiny, tmp_path, capsys):
 
 
 def test_calibration_gives_every_method_the_same_number_of_trials():
-    from dcp_desktop.eval import calibrate
+    from dcp_desktop.eval import calibrate, calibration
 
-    for method, grids in calibrate.GRIDS.items():
-        assert sum(len(set(values)) for values in grids.values()) == calibrate.TRIALS, method
+    for method, grids in calibration.GRIDS.items():
+        assert sum(len(set(values)) for values in grids.values()) == calibration.TRIALS, method
 
 
 def test_calibration_tries_every_grid_value_on_validation_and_keeps_the_best(tiny, tmp_path, capsys, monkeypatch):
-    from dcp_desktop.eval import calibrate
+    from dcp_desktop.eval import calibrate, calibration
 
     grids = {"dcp": {"acgr_n_neighbors": (1, 2), "tau": (0.0, 0.5, 1e6)}, "cdpruner": {"cdpruner_theta": (0.0, 0.5)}}
-    monkeypatch.setattr(calibrate, "GRIDS", grids)  # a short search
+    monkeypatch.setattr(calibration, "GRIDS", grids)  # a short search
     report_path = tmp_path / "calibration.json"
     code, out, err = run_main(calibrate.main, capsys, "--model", tiny.dir, "--n", 1, "--tokens", 16,
                               "--threads", 1, "--json", report_path)
@@ -212,3 +212,40 @@ def test_calibration_tries_every_grid_value_on_validation_and_keeps_the_best(tin
             assert set(tried[knob]) == set(values)
             assert tried[knob][report["chosen"][method][knob]] == max(tried[knob].values())
     assert "| tau | 1000000.0 |" in out and "chosen:" in out
+
+
+def test_in_llm_grids_follow_the_depth_and_stay_within_the_trials():
+    from dcp_desktop.eval import calibrate, calibration
+
+    for n_layers in (2, 3, 32):
+        grids = calibration.inllm_grids(n_layers)
+        for method, knobs in grids.items():
+            assert sum(len(set(values)) for values in knobs.values()) <= calibration.TRIALS, (method, n_layers)
+        assert all(0 <= layer <= n_layers - 2 for layer in grids["fastv"]["fastv_layer"])
+        assert all(0 <= layer <= n_layers - 2 for stages in grids["pyramiddrop"]["pyramiddrop_layers"] for layer in stages)
+    assert calibration.inllm_grids(3)["pyramiddrop"]["pyramiddrop_layers"] == ((0, 1), (0,), (1,))
+    assert len(calibration.inllm_grids(3)["btp"]["btp_lambda"]) == calibration.TRIALS
+
+
+def test_calibrating_in_llm_methods_needs_the_torch_engine_and_a_btp_calibration_set(tiny, capsys):
+    from dcp_desktop.eval import calibrate, calibration
+
+    code, out, err = run_main(calibrate.main, capsys, "--model", tiny.dir, "--n", 1, "--methods", "btp",
+                              "--threads", 1)
+    assert code == 2 and "add --engine torch" in err
+    code, out, err = run_main(calibrate.main, capsys, "--model", tiny.dir, "--n", 1, "--methods", "btp",
+                              "--engine", "torch", "--btp-calibration", 0, "--threads", 1)
+    assert code == 2 and "BTP's calibration set is empty" in err
+
+
+def test_in_llm_cells_report_image_tokens_per_layer_and_flops(tiny, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    code, out, err = run_cli(capsys, "--model", tiny.dir, "--n", 1, "--n-questions-per-image", 1, "--engine", "torch",
+                             "--methods", "btp,fastv,pyramiddrop,dcp", "--tokens", "64", "--json", report_path, *RUN)
+    assert code == 0, err
+    results = {r["method"]: r for r in json.loads(report_path.read_text())["results"]}
+    assert results["full"]["image_tokens_mean_over_layers"] == 576 and results["dcp"]["image_tokens_mean_over_layers"] == 64
+    for method in ("btp", "fastv", "pyramiddrop"):  # the tiny LLM has 2 layers: all 576 in the first, 64 after
+        assert results[method]["image_tokens_mean_over_layers"] == (576 + 64) / 2
+    assert results["dcp"]["prefill_mflops"] < results["btp"]["prefill_mflops"] < results["full"]["prefill_mflops"]
+    assert "image tokens per layer (mean) · prefill MFLOPs · prefill ms" in out

@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(dcp_desktop.__file__).parent
 # The command-line tools (pyproject [project.scripts] and the subcommands they dispatch to): they may
 # import the library, but nothing in the library may import them.
 TOOLS = frozenset({"dcp_desktop.cli", "dcp_desktop.eval.cli", "dcp_desktop.eval.calibrate", "dcp_desktop.bench.cli",
-                   "dcp_desktop.gui.app"})
+                   "dcp_desktop.eval.inllm_results", "dcp_desktop.gui.app"})
 
 
 def module_name(path: Path) -> str:

@@ -90,9 +90,9 @@ class _DropAfter(Hooks):
         self.layer, self.keep = layer, torch.tensor(keep)
         self.seen: dict[int, torch.Tensor] = {}
 
-    def after_layer(self, layer, x, positions, attention):
-        self.seen[layer] = x.clone()
-        return self.keep if layer == self.layer else None
+    def after_layer(self, layer, batch):
+        self.seen[layer] = batch.x.clone()
+        return batch.take(self.keep) if layer == self.layer else None
 
 
 def test_rows_dropped_after_a_layer_are_gone_from_later_layers(llm):

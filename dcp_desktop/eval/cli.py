@@ -35,6 +35,8 @@ examples:
   dcp-eval --split validation --methods dcp --tokens 16 --prune-option tau=0.3     (tune a knob)
   dcp-eval --model demo --acgr-layer 3 --methods dcp,fastervlm --tokens 64,16      (prune inside the encoder)
   dcp-eval --model llava-1.5-7b --data pope.jsonl --tokens 576,64,16               (your own questions)
+  dcp-eval --engine torch --threads 1 --methods btp,fastv,pyramiddrop,dcp --tokens 64,16
+           --inllm-option btp_layers=0,1                          (prune inside the LLM: PyTorch engine)
 """
 
 
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--tokens", dest="budgets", type=cli_options.budgets, default=list(DEFAULT_BUDGETS),
                        help=f"budgets (default {','.join(map(str, DEFAULT_BUDGETS))}); 576 is the 'full' run")
     cli_options.add_pruning_options(prune, single_budget=False)
+    cli_options.add_inllm_options(prune)
     prune.add_argument("--max-tokens", type=whole_number, default=harness.SHORT_ANSWER.max_tokens,
                        help=f"answer length limit (default {harness.SHORT_ANSWER.max_tokens}; greedy)")
     hardware = cli_options.add_hardware_options(parser, vision_dtype="float32")  # bfloat16 ties [CLS] scores

@@ -25,7 +25,7 @@ from PIL import Image
 from .. import scenes
 from ..engine import GenerationParams
 from ..errors import InputError
-from ..pipeline import EncodedImage, Pipeline, PipelineOptions, check_budget
+from ..pipeline import EncodedImage, Pipeline, PipelineOptions
 
 FULL = "full"
 STAGES = ("prune", "project", "prefill", "answer")  # per question; "vision" is per image
@@ -70,6 +70,8 @@ class Outcome:
     correct: float  # 1 right, 0 wrong; `random` averages its seeds
     kappa: float | None  # of the image's kept tokens (None for a follow-up, which prunes nothing)
     times_ms: dict[str, float]  # STAGES
+    image_tokens: float | None = None  # image tokens the LLM processed, mean over its layers (PyTorch engine)
+    prefill_flops: float | None = None  # the prefill's work (PyTorch engine; torch_llama.py counts it)
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -169,12 +171,12 @@ def answer_all(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], *, params
     if not benchmark.examples:
         raise InputError(f"{benchmark.name}: no questions to evaluate; --n must be at least 1")
     for cell in todo:  # bad cells fail here, before any image is encoded
-        check_budget(cell_options(base, cell), pipe.vision.cfg)
+        pipe.check(cell_options(base, cell))
     outcomes, vision_ms = [], {cell: [] for cell in todo}
     try:
         if warm_up:
             _warm_up(pipe, benchmark.examples[0], base, params)
-        for index, group in enumerate(_by_image(benchmark.examples)):
+        for index, group in enumerate(by_image(benchmark.examples)):
             image = group[0][1].load()
             encodings: dict[tuple, EncodedImage] = {}  # (ACGR layer, anchors) -> the image at the encoder output
             for cell in todo:
@@ -213,7 +215,8 @@ def _answer_image(pipe: Pipeline, encoded: EncodedImage, group: list[tuple[int, 
         kappa = next((t["kappa"] for t in tries if t["kappa"] is not None), None)
         times = {stage: float(np.mean([t["times"][stage] for t in tries])) for stage in tries[0]["times"]}
         outcomes.append(Outcome(cell, question, image, example.type, turn if conversation else 0,
-                                float(np.mean([t["correct"] for t in tries])), kappa, times))
+                                float(np.mean([t["correct"] for t in tries])), kappa, times,
+                                mean_of(t["image_tokens"] for t in tries), mean_of(t["flops"] for t in tries)))
     return outcomes
 
 
@@ -225,8 +228,16 @@ def _answer(pipe: Pipeline, encoded: EncodedImage | None, example: Example, norm
     times = {"prune": tokens.timings_ms["prune"] if tokens else 0.0,
              "project": tokens.timings_ms["project"] if tokens else 0.0,
              "prefill": turn.prefill_ms, "answer": turn.total_ms - turn.prefill_ms}
+    per_layer = turn.image_tokens_per_layer
     return {"correct": float(normalise(answer) == normalise(example.answer)),
-            "kappa": tokens.selection.kappa if tokens else None, "times": times}
+            "kappa": tokens.selection.kappa if tokens else None, "times": times,
+            "image_tokens": float(np.mean(per_layer)) if per_layer else None, "flops": turn.prefill_flops}
+
+
+def mean_of(values) -> float | None:
+    """The mean of the values that are not None (None when all are)."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: GenerationParams) -> None:
@@ -237,7 +248,7 @@ def _warm_up(pipe: Pipeline, example: Example, base: PipelineOptions, params: Ge
     pipe.ask(example.question, [pipe.encode_image(example.load())], params).text()
 
 
-def _by_image(examples: list[Example]) -> list[list[tuple[int, Example]]]:
+def by_image(examples: list[Example]) -> list[list[tuple[int, Example]]]:
     """(question index, example) pairs grouped by image, in benchmark order."""
     groups: dict[int | Path, list[tuple[int, Example]]] = {}
     for question, example in enumerate(examples):

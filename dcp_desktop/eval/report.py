@@ -3,7 +3,8 @@
 Per cell (method × budget): accuracy, retention (accuracy / full-token accuracy) overall, per question
 type and without the count and size types (which every object-seeking method loses for a reason of its
 own: see README), mean κ, stage times, the outcome of every question in benchmark order, and a paired
-comparison with `dcp` at the same budget (difference, 95% bootstrap interval, McNemar's p). Then κ's
+comparison with `dcp` at the same budget (difference, 95% bootstrap interval, McNemar's p), and on the
+PyTorch engine what the LLM did: image tokens per layer (mean over its layers) and prefill FLOPs. Then κ's
 Spearman correlation with the per-image accuracy loss within each pruned cell, and its median.
 """
 
@@ -63,6 +64,8 @@ def _cell_result(cell: Cell, done: list[Outcome], full: list[Outcome], reference
                                                  _accuracy([o for o in full if o.type == kind])) for kind in types},
               "time_ms": {"vision": float(np.mean(vision_ms)),
                           **{stage: float(np.mean([o.times_ms[stage] for o in done])) for stage in STAGES}},
+              "image_tokens_mean_over_layers": harness.mean_of(o.image_tokens for o in done),
+              "prefill_mflops": _scaled(harness.mean_of(o.prefill_flops for o in done), 1e-6),
               "outcomes": [round(o.correct, 4) for o in done],
               "paired_vs_dcp": None}
     if conversation:
@@ -73,6 +76,10 @@ def _cell_result(cell: Cell, done: list[Outcome], full: list[Outcome], reference
         diff, interval = stats.paired_difference(ours, theirs)
         result["paired_vs_dcp"] = {"diff": diff, "ci95": list(interval), "mcnemar_p": stats.mcnemar_p(ours, theirs)}
     return result
+
+
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
 
 
 def _easy(outcomes: list[Outcome]) -> list[Outcome]:
@@ -139,6 +146,8 @@ def table(report: dict) -> str:
                   _grid(report, "retention without count and size", "retention_without_count_size")]
         if any(r["paired_vs_dcp"] for r in pruned):
             parts.append(_paired_grid(report))
+        if any(r.get("prefill_mflops") is not None for r in report["results"]):
+            parts.append(_cost_grid(report))
         parts.append(_types_table(report))
     return "\n\n".join([*parts, _detail(report)])
 
@@ -181,6 +190,24 @@ def _paired_grid(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _cost_grid(report: dict) -> str:
+    """What each cell costs the LLM (in-LLM methods process more image tokens in early layers)."""
+    budgets, methods, cell = _budgets_and_methods(report)
+    full = report["results"][0]
+    heads = " | ".join(f"{k} tokens" for k in budgets)
+    lines = [f"| image tokens per layer (mean) · prefill MFLOPs · prefill ms | {heads} |",
+             "|---|" + "---|" * len(budgets), f"| {FULL} | " + " | ".join([_cost(full)] * len(budgets)) + " |"]
+    lines += [f"| {m} | " + " | ".join(_cost(cell.get((m, k))) for k in budgets) + " |" for m in methods]
+    return "\n".join(lines)
+
+
+def _cost(result: dict | None) -> str:
+    if not result:
+        return "–"
+    tokens, mflops = result.get("image_tokens_mean_over_layers"), result.get("prefill_mflops")
+    return f"{_number(tokens, '.0f')} · {_number(mflops, '.0f')} · {result['time_ms']['prefill']:.1f}"
+
+
 def _paired(paired: dict | None) -> str:
     if not paired:
         return "–"
@@ -203,14 +230,17 @@ def _detail(report: dict) -> str:
     follow = report.get("conversation")
     lines = ["| method | tokens | accuracy | retention | κ mean | " + " | ".join(types)
              + (" | first question | follow-ups" if follow else "")
-             + " | vision ms/image | " + " | ".join(f"{s} ms" for s in STAGES) + " |",
-             "|---|" + "---|" * (5 + len(types) + (2 if follow else 0) + len(STAGES))]
+             + " | vision ms/image | " + " | ".join(f"{s} ms" for s in STAGES)
+             + " | image tokens per layer | prefill MFLOPs |",
+             "|---|" + "---|" * (7 + len(types) + (2 if follow else 0) + len(STAGES))]
     for r in report["results"]:
         extra = f" | {_percent(r['first_accuracy'])} | {_percent(r['follow_up_accuracy'])}" if follow else ""
         lines.append(f"| {r['method']} | {r['tokens']} | {_percent(r['accuracy'])} | {_percent(r['retention'])} | "
                      f"{_number(r['kappa_mean'])} | " + " | ".join(_percent(r["by_type"].get(t)) for t in types)
                      + extra + f" | {r['time_ms']['vision']:.1f} | "
-                     + " | ".join(f"{r['time_ms'][s]:.2f}" for s in STAGES) + " |")
+                     + " | ".join(f"{r['time_ms'][s]:.2f}" for s in STAGES)
+                     + f" | {_number(r.get('image_tokens_mean_over_layers'), '.1f')}"
+                     + f" | {_number(r.get('prefill_mflops'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -218,8 +248,8 @@ def _percent(value: float | None) -> str:
     return "–" if value is None or np.isnan(value) else f"{100 * value:.1f}%"
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _number(value: float | None, form: str = ".3f") -> str:
+    return "n/a" if value is None else f"{value:{form}}"
 
 
 # ---- plot --------------------------------------------------------------------------------------------

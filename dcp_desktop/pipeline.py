@@ -29,6 +29,7 @@ from .inllm import make_pruner
 from .models import ModelFiles, ModelInfo, validate
 from .prune import METHODS, TEXT_AWARE, Selection, check_n_keep, select
 from .question import TokenEmbeddings
+from .project import Projector
 from .vision import EncoderState, VisionTower, pick_device, pick_dtype
 
 DEFAULT_METHOD = "dcp"
@@ -151,7 +152,9 @@ class Pipeline:
             if options.n_threads:
                 torch.set_num_threads(options.n_threads)
             device = pick_device(options.device)
-            self.vision = VisionTower.from_gguf(files.mmproj, device=device, dtype=pick_dtype(options.vision_dtype, device))
+            dtype = pick_dtype(options.vision_dtype, device)
+            self.vision = VisionTower.from_gguf(files.mmproj, device=device, dtype=dtype)
+            self.projector = Projector.from_gguf(files.mmproj, device=device, dtype=dtype)
             check_budget(options, self.vision.cfg)  # before the LLM loads
             self.engine = Engine(str(files.llm), n_ctx=min(options.n_ctx, self.info.n_ctx_train),
                                  n_threads=options.n_threads, n_gpu_layers=options.n_gpu_layers,
@@ -231,7 +234,7 @@ class Pipeline:
         ids = self.engine.tokenize(question)
         if not ids:
             return None  # text-aware methods fall back to text-free scores
-        return self.vision.text_to_features(self.token_embeddings.rows(ids))
+        return self.projector.text_to_features(self.token_embeddings.rows(ids))
 
     def prepare(self, image: EncodedImage, question: str) -> ImageTokens:
         """Prune an encoded image to K tokens for this question and project them."""
@@ -244,7 +247,7 @@ class Pipeline:
                                method="full" if inllm else self.options.method, grid=(cfg.grid, cfg.grid),
                                options=self.options.prune_options, seed=self.options.seed)
         with _timed(timings, "project"):
-            embeddings = self.vision.project(selection.features)  # (K, n_embd)
+            embeddings = self.projector.project(selection.features)  # (K, n_embd)
         return ImageTokens(embeddings, selection, image.n_full, timings,
                            grid_assignment(selection.assignment, image.anchor_assignment))
 

@@ -1,12 +1,11 @@
-"""Stage 2 (vision) and stage 4 (project): the CLIP ViT and the LLaVA MLP projector, in PyTorch,
-with weights read from the mmproj GGUF.
+"""Stage 2 (vision): the CLIP ViT of a LLaVA-1.5 mmproj, in PyTorch, with weights read from the GGUF.
 
 Follows Hugging Face LLaVA-1.5 (`modeling_clip.py` + `modeling_llava.py`):
   pixels (3, 336, 336) → patch conv (576 patches) → [CLS, p0..p575] + position embeddings 0..576
   → pre-LN → every stored block (pre-LN attention + quick-GELU MLP) → drop CLS → (576, width).
 The mmproj stores only the blocks up to LLaVA's feature layer (the second-to-last), so running every
 stored block gives the features LLaVA uses; there is no post-LN on that path.
-Projector: mm.0 (Linear) → exact GELU → mm.2 (Linear), width → LLM n_embd.
+The projector (stage 4) that maps kept features to LLM rows is `project.py`.
 
 The encoder exposes what pruning needs at any layer: hidden states, keys and the [CLS]→patch
 attention row (mean over heads); and it can continue the remaining blocks on a subset of tokens
@@ -76,7 +75,7 @@ class Block(torch.nn.Module):
 
 
 class VisionTower(torch.nn.Module):
-    """CLIP ViT (stored blocks) + LLaVA projector. Build with `VisionTower.from_gguf(path)`."""
+    """CLIP ViT (stored blocks). Build with `VisionTower.from_gguf(path)`."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -87,15 +86,13 @@ class VisionTower(torch.nn.Module):
         self.position_embd = torch.nn.Parameter(torch.zeros(cfg.n_patches + 1, d))
         self.pre_ln = torch.nn.LayerNorm(d, eps=cfg.eps)
         self.blocks = torch.nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
-        self.mm0 = torch.nn.Linear(d, cfg.proj_hidden)
-        self.mm2 = torch.nn.Linear(cfg.proj_hidden, cfg.n_embd)
 
     @classmethod
     def from_gguf(cls, path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         reader = open_gguf(path)
         cfg = read_vision(reader, Path(path))
         tower = cls(cfg)
-        load_weights(tower, {t.name: t for t in reader.tensors}, Path(path))
+        load_tensors(weight_plan(tower, reader), reader, Path(path))
         return tower.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     @property
@@ -123,23 +120,6 @@ class VisionTower(torch.nn.Module):
         """Full-token encoder up to block `stop` (default: every stored block = LLaVA's features)."""
         pixels = torch.as_tensor(pixels, device=self.device, dtype=self.class_embd.dtype)
         return self.run_blocks(self.embed(pixels), 0, self.cfg.n_blocks if stop is None else stop)
-
-    @torch.inference_mode()
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """(k, width) patch features → (k, n_embd) float32 LLM embeddings."""
-        x = torch.tensor(np.asarray(features), device=self.device, dtype=self.class_embd.dtype)  # copy: may be read-only
-        return self.mm2(F.gelu(self.mm0(x))).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def text_to_features(self, embeddings: np.ndarray) -> np.ndarray:
-        """(t, n_embd) LLM token embeddings → (t, width) directions in the vision feature space.
-
-        Text relevance compares image tokens with the question. Projecting all 576 tokens into the
-        LLM space would cost what pruning saves, so the question comes to the tokens instead,
-        through the projector's linear part: u = W0ᵀ W2ᵀ t, for which ⟨x, u⟩ = ⟨W2 W0 x, t⟩ (GELU and
-        biases left out; a first-order stand-in for ⟨P(x), t⟩)."""
-        t = torch.tensor(np.asarray(embeddings), device=self.device, dtype=self.class_embd.dtype)  # (t, n_embd)
-        return ((t @ self.mm2.weight) @ self.mm0.weight).float().cpu().numpy()  # (t, width)
 
 
 VISION_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -177,9 +157,9 @@ def _ffn_pair(tensors: dict, i: int, width: int) -> tuple[str, str]:
     return ("ffn_up", "ffn_down") if down_in != width else ("ffn_down", "ffn_up")
 
 
-def load_weights(tower: VisionTower, tensors: dict, path: Path) -> None:
-    """Copy every tensor of the mmproj into the tower, checking names and shapes."""
-    d = tower.cfg.width
+def weight_plan(tower: VisionTower, reader) -> dict[str, torch.nn.Parameter]:
+    """Each of the tower's parameters under its mmproj tensor name."""
+    tensors, d = {t.name: t for t in reader.tensors}, tower.cfg.width
     plan = {"v.class_embd": tower.class_embd, "v.patch_embd.weight": tower.patch_embd.weight,
             "v.position_embd.weight": tower.position_embd, "v.pre_ln.weight": tower.pre_ln.weight,
             "v.pre_ln.bias": tower.pre_ln.bias}
@@ -190,8 +170,13 @@ def load_weights(tower: VisionTower, tensors: dict, path: Path) -> None:
                              (up, block.up), (down, block.down)):
             plan[f"v.blk.{i}.{ours}.weight"] = module.weight
             plan[f"v.blk.{i}.{ours}.bias"] = module.bias
-    for ours, module in (("mm.0", tower.mm0), ("mm.2", tower.mm2)):
-        plan[f"{ours}.weight"], plan[f"{ours}.bias"] = module.weight, module.bias
+    return plan
+
+
+def load_tensors(plan: dict[str, torch.nn.Parameter], reader, path: Path) -> None:
+    """Copy the mmproj's tensors into `plan`'s parameters, checking names and shapes (also used by
+    `project.Projector`)."""
+    tensors = {t.name: t for t in reader.tensors}
     with torch.no_grad():
         for name, param in plan.items():
             if name not in tensors:

@@ -17,6 +17,7 @@ from dcp_desktop import template
 from dcp_desktop.engine import Engine, ImageRows
 from dcp_desktop.image import preprocess
 from dcp_desktop.bench.mtmd_peer import MtmdEncoder
+from dcp_desktop.project import Projector
 from dcp_desktop.vision import VisionTower
 
 QUESTION = "What is in the image?"
@@ -35,7 +36,7 @@ def measured(tiny, square_image):
     tower = VisionTower.from_gguf(tiny.mmproj)
     cfg = tower.cfg
     pixels = preprocess(square_image, image_size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std)
-    ours = tower.project(tower.encode(pixels).patches.numpy())  # (576, n_embd)
+    ours = Projector.from_gguf(tiny.mmproj).project(tower.encode(pixels).patches.numpy())  # (576, n_embd)
     with Engine(str(tiny.llm), n_ctx=2048) as engine:
         reference_logits, reference_embd = _reference(tiny.model, engine, pixels)
         our_logits = _logits_with(engine, ours)
@@ -115,7 +116,8 @@ def test_llamacpp_difference_is_explained_by_its_graph(tiny, square_image):
         hidden = tower.pre_ln(torch.cat([patches, tower.class_embd[None]]) + tower.position_embd)  # CLS last
         hidden = tower.run_blocks(hidden, 0, cfg.n_blocks - 1).hidden  # one block short
         rows = hidden[1:577]  # "patch" rows 1..576: p1..p575 and the CLS token
-        emulated = tower.mm2(torch.nn.functional.gelu(tower.mm0(rows), approximate="tanh")).numpy()
+        projector = Projector.from_gguf(tiny.mmproj)
+        emulated = projector.mm2(torch.nn.functional.gelu(projector.mm0(rows), approximate="tanh")).numpy()
     with Engine(str(tiny.llm), n_ctx=2048) as engine, MtmdEncoder(str(tiny.mmproj), engine.llama) as mtmd:
         theirs = mtmd.encode(square_image)
     np.testing.assert_allclose(emulated, theirs, atol=5e-3)
@@ -149,7 +151,7 @@ def test_grid_positions_match_transformers(tiny, square_image):
     tower = VisionTower.from_gguf(tiny.mmproj)
     cfg = tower.cfg
     pixels = preprocess(square_image, image_size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std)
-    rows = tower.project(tower.encode(pixels).patches.numpy())[GRID_INDEX]  # (16, n_embd)
+    rows = Projector.from_gguf(tiny.mmproj).project(tower.encode(pixels).patches.numpy())[GRID_INDEX]  # (16, n_embd)
     with Engine(str(tiny.llm), n_ctx=2048) as engine:
         assert engine.llama.takes_gaps
         reference = _reference_with_grid_positions(tiny.model, engine, rows, GRID_INDEX)

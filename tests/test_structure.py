@@ -97,3 +97,27 @@ def test_the_vision_path_loads_without_the_download_client():
     code = "import sys, dcp_desktop.vision; print(sorted(m for m in sys.modules if m.startswith('huggingface_hub')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# "About 500 lines": past this a file holds more than one concern and should be split by it.
+MAX_LINES = 550
+NATIVE_DIR = PACKAGE_DIR.parent / "native"
+
+
+def test_no_source_file_is_too_long_to_read_in_one_sitting():
+    sources = [*MODULES.values(), *(p for p in NATIVE_DIR.glob("*.[ch]*") if p.is_file())]
+    too_long = {str(path.relative_to(PACKAGE_DIR.parent)): n for path in sources
+                if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not too_long, f"files over {MAX_LINES} lines (split them by concern): {too_long}"
+
+
+def test_the_data_flow_has_one_module_per_stage():
+    """image → vision → prune → project → inject/generate (engine): the pipeline calls each, and no
+    stage reaches forward into a later one."""
+    stages = ["dcp_desktop.image", "dcp_desktop.vision", "dcp_desktop.prune", "dcp_desktop.project",
+              "dcp_desktop.engine"]
+    assert all(stage in MODULES for stage in stages)
+    assert "dcp_desktop.pipeline" in GRAPH and set(stages) <= GRAPH["dcp_desktop.pipeline"]
+    for i, earlier in enumerate(stages):
+        later = set(stages[i + 1:]) & GRAPH[earlier]
+        assert not later, f"{earlier} imports the later stage(s) {sorted(later)}"

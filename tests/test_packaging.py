@@ -7,7 +7,6 @@ The bundle itself is built and tested by packaging/build_linux.sh and packaging/
 
 from __future__ import annotations
 
-import ast
 import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt is imported: no display needed
@@ -20,15 +19,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "packaging" / "dcp-desktop.spec"
+sys.path.insert(0, str(ROOT / "packaging"))
+import bundle_common  # noqa: E402  (packaging/bundle_common.py: what every spec leaves out)
+import launcher  # noqa: E402  (packaging/launcher.py: the bundle's one program)
 
-
-def spec_excludes() -> list[str]:
-    """The EXCLUDES list of the spec (`EXCLUDES = [...] if TRIM else []`), read without running it."""
-    for node in ast.parse(SPEC.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "EXCLUDES":
-            return ast.literal_eval(node.value.body)
-    raise AssertionError(f"{SPEC} has no EXCLUDES assignment")
+sys.path.remove(str(ROOT / "packaging"))
 
 
 @pytest.mark.parametrize(("argv0", "module"), [
@@ -38,11 +33,6 @@ def spec_excludes() -> list[str]:
     ("dcp-desktop.exe", "dcp_desktop.gui.app"),
 ])
 def test_launcher_runs_the_program_its_name_says(argv0, module, monkeypatch):
-    sys.path.insert(0, str(ROOT / "packaging"))
-    try:
-        import launcher
-    finally:
-        sys.path.remove(str(ROOT / "packaging"))
     called = []
     monkeypatch.setattr(sys, "argv", [argv0])
     monkeypatch.setattr(f"{module}.main", lambda: called.append(module) or 0)
@@ -76,8 +66,8 @@ def test_window_says_when_it_is_shown_and_when_the_model_has_loaded(tmp_path, ti
 
 def test_trimmed_modules_are_not_imported_by_dcp_chat(tiny, image_path):
     """An answer from dcp-chat imports none of the modules the bundle leaves out (a module that
-    starts being imported must leave the spec's EXCLUDES, or the bundle fails where the venv works)."""
-    excludes = spec_excludes()
+    starts being imported must leave bundle_common.EXCLUDES, or the bundle fails where the venv works)."""
+    excludes = bundle_common.EXCLUDES
     script = textwrap.dedent(f"""
         import sys
         from dcp_desktop import cli
@@ -94,3 +84,24 @@ def test_trimmed_modules_are_not_imported_by_dcp_chat(tiny, image_path):
     loaded = set(done.stdout.splitlines())
     imported = sorted(m for m in loaded for x in excludes if m == x or m.startswith(x + "."))
     assert not imported, f"the bundle leaves these out, but dcp-chat or the window imports them: {imported}"
+
+
+@pytest.mark.parametrize(("dest", "keep"), [
+    ("torch/lib/libtorch_cpu.so", True),
+    ("torch/bin/protoc", False),
+    ("torch/include/ATen/ATen.h", False),
+    ("torch/lib/libtorchbind_test.so", False),
+    ("PySide6/Qt/plugins/platforms/libqxcb.so", True),
+    ("PySide6/Qt/plugins/platforms/libqoffscreen.so", True),
+    ("PySide6/Qt/plugins/platforms/libqwayland.so", False),
+    ("PySide6/Qt/plugins/platforms/libqvnc.so", False),
+    ("PySide6/plugins/platforms/qwindows.dll", True),
+    ("PySide6/Qt/plugins/wayland-shell-integration/libxdg-shell.so", False),
+    ("PySide6/Qt/plugins/imageformats/libqjpeg.so", True),
+    ("PySide6/Qt/plugins/xcbglintegrations/libqxcb-glx-integration.so", True),
+    ("PySide6/Qt/translations/qtbase_de.qm", False),
+    ("dcp_desktop/llama_lib/libggml-cpu-haswell.so", True),
+    ("dcp_desktop/demo/dcp-demo.gguf", True),
+])
+def test_trimming_keeps_what_the_app_loads(dest, keep):
+    assert bundle_common.kept((dest, "/src/" + dest, "BINARY")) is keep

@@ -28,6 +28,9 @@ check() {  # check NAME CONDITION-COMMAND...
   if "$@"; then say "PASS  $name"; else say "FAIL  $name"; failures=$((failures + 1)); fi
 }
 offline=()
+if ! command -v Xvfb > /dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -qq xvfb > /dev/null || { apt-get update -qq && apt-get install -y -qq xvfb > /dev/null; }
+fi
 if [ "$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then offline=(unshare -n); fi
 
 say "deb: $DEB ($(du -m "$DEB" | cut -f1) MB)"

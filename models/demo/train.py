@@ -14,9 +14,13 @@ pieces, export.spm_vocab).
 
 One step: B images through the ViT once → (B, 576, n_embd) image rows. The LLM runs the prefix every
 question of an image shares, `<s>SYSTEM USER: [576 image rows]`, once per image and keeps its KV cache;
-the Q questions per image then run as B·Q short rows on that cache, `\\n{question} ASSISTANT: {answer}`,
-with the loss on the answer and </s> only. Step s reads curriculum_seeds(s) and Q questions each: a fresh
-set of images every step, so the data order is a function of the step alone and --resume is exact.
+the Q questions per image then run on that cache as conversations of 1..max_turns questions each, one row
+per conversation, token for token as the engine decodes a chat: `\\n{q1} ASSISTANT: {a1}</s>USER: {q2}
+ASSISTANT: {a2}</s>...`, with the loss on every answer and its </s> only. The image is always whole: 576
+rows, never pruned, dropped or merged. [CLS] at the layer LLaVA reads (cls_at) predicts which shapes and
+colours the image holds (a linear head, not exported), so CLS attention finds the content as in CLIP.
+Step s reads curriculum_seeds(s) and Q questions each: a fresh set of images every step, so the data
+order is a function of the step alone and --resume is exact.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class Config:
     curriculum_steps: int = 900  # scenes hold at most 1, 2, ... 8 objects over these first steps (README)
     ground_weight: float = 1.0  # loss weight of looking at the asked-about objects (README: why)
     ground_layer: int = 1  # the LLM layer whose first head learns where to look
+    cls_weight: float = 1.0  # loss weight of [CLS] naming the image's shapes and colours (README: why)
+    cls_at: str = "gather"  # where the CLS head reads: "gather" (the layer LLaVA reads) or "last" (the ViT's output)
+    max_turns: int = 4  # an image's questions form conversations of 1..max_turns questions (README: why)
     bf16: bool = True  # autocast; master weights and the optimizer stay float32
     log_every: int = 20
     eval_every: int = 500
@@ -155,9 +162,10 @@ def check_tokenizer(tokenizer: SpmTokenizer, llm_gguf: Path, texts: list[str]) -
 
 
 def template_texts(items: list[scenes.Question]) -> list[str]:
-    """Every text the engine tokenises for these items, in the engine's pieces."""
+    """Every text the engine tokenises for these items, in the engine's pieces: as a first question and
+    as a follow-up."""
     return [template.SYSTEM, template.USER, *sorted(scenes.ANSWERS)] + [
-        template.turn_tail_text(item.question, has_images=True) for item in items]
+        template.turn_tail_text(item.question, has_images=images) for item in items for images in (True, False)]
 
 
 # ---- model ------------------------------------------------------------------------------------------
@@ -181,17 +189,66 @@ def build_model(cfg: Config, vocab_size: int) -> transformers.LlavaForConditiona
     model.model.language_model.set_attn_implementation("eager")  # returns attention weights (grounding)
     # Training only (the exporter reads neither): patch features → shape, colour and centre logits.
     model.patch_probe = torch.nn.Linear(cfg.vision_width, sum(PATCH_CLASSES))
+    # Training only: [CLS] → which shapes and colours the image holds (multi-label logits).
+    model.cls_head = torch.nn.Linear(cfg.vision_width, len(CLS_CLASSES))
     return model
 
 
 PATCH_CLASSES = (len(scenes.SHAPES) + 1, len(scenes.COLOURS) + 1, 2)  # the columns of scenes.patch_labels
+CLS_CLASSES = (*scenes.SHAPES, *scenes.COLOURS)  # the columns of cls_targets
+CLS_LAYERS = {"gather": -2, "last": -1}  # hidden_states index of the layer whose CLS the head reads
 
 
-def see(model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """pixels (B, 3, 336, 336) → the ViT features LLaVA reads (second-to-last layer, CLS dropped),
-    (B, 576, vision_width), and the image rows they project to, (B, 576, llm_width)."""
-    patches = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
-    return patches, model.model.multi_modal_projector(patches)
+@dataclass
+class Seen:
+    patches: torch.Tensor  # (B, 576, vision_width) the ViT features LLaVA reads (second-to-last layer, CLS dropped)
+    image_rows: torch.Tensor  # (B, 576, llm_width) what they project to
+    cls: torch.Tensor  # (B, vision_width) [CLS] at cls_at
+    hidden: tuple  # every layer's hidden states, (B, 577, vision_width) each, CLS first
+
+
+def see(model, pixels: torch.Tensor, cls_at: str = "gather") -> Seen:
+    """pixels (B, 3, 336, 336) → what the ViT gives LLaVA and the CLS head."""
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    patches = hidden[-2][:, 1:]
+    return Seen(patches, model.model.multi_modal_projector(patches), hidden[CLS_LAYERS[cls_at]][:, 0], hidden)
+
+
+def cls_attention(model, hidden: tuple) -> torch.Tensor:
+    """[CLS]→patch attention, mean over heads, in the block that outputs the gather layer (the last block
+    the export stores: what the app's pruning methods score with), (B, 576). hidden: Seen.hidden."""
+    layer = model.model.vision_tower.encoder.layers[-2]
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden[-3])  # (B, 577, d): that block's input, pre-LN
+    b, t, d = x.shape
+    q = attn.q_proj(x[:, :1]).view(b, 1, -1, attn.head_dim).transpose(1, 2)  # (B, h, 1, hd)
+    k = attn.k_proj(x).view(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, h, 577, hd)
+    weights = (q.float() @ k.float().transpose(-1, -2) * attn.scale).softmax(-1)  # (B, h, 1, 577)
+    return weights.mean(1)[:, 0, 1:]
+
+
+def cls_targets(scene: scenes.Scene) -> np.ndarray:
+    """(len(CLS_CLASSES),) float32: 1 for every shape and colour some object in the scene has (small
+    objects too), else 0."""
+    present = {o.shape for o in scene.objects} | {o.colour for o in scene.objects}
+    return np.array([name in present for name in CLS_CLASSES], dtype=np.float32)
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for telling `positive` (bool) from the rest (ties count half)."""
+    ranks = average_ranks(scores)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks, 1-based (scipy.stats.rankdata without scipy)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
 
 
 def answer_logits(model, image_rows: torch.Tensor, prefix: torch.Tensor, rows: torch.Tensor,
@@ -223,63 +280,116 @@ def answer_logits(model, image_rows: torch.Tensor, prefix: torch.Tensor, rows: t
 class Batch:
     pixels: torch.Tensor  # (B, 3, 336, 336) normalised
     patch_labels: torch.Tensor  # (B, 576, 3) scenes.patch_labels, row-major patches
-    rows: torch.Tensor  # (n, T) question + answer ids, right-padded with </s>
+    cls_targets: torch.Tensor  # (B, len(CLS_CLASSES)) cls_targets: the shapes and colours present
+    rows: torch.Tensor  # (n, T) one conversation per row (conversation_ids), right-padded with </s>
     targets: torch.Tensor  # (n, T) the next answer token (or </s>) where the loss applies, else IGNORE
-    hints: torch.Tensor  # (n, T) the first answer token at the question's positions before the last, else IGNORE
+    hints: torch.Tensor  # (n, T) the answer's first token at its question's positions before the last, else IGNORE
+    weights: torch.Tensor  # (n, T) loss weight per position (its question's)
     image_of: torch.Tensor  # (n,) which image each row asks about
-    weights: torch.Tensor  # (n,) loss weight per question
-    answer_at: torch.Tensor  # (n,) the position whose logits give the first answer token
-    ground_at: torch.Tensor  # (m, 2) (row, position) pairs that should look at ...
-    ground_patches: torch.Tensor  # (m, 576) ... these patches (bool): the objects the question names
-    types: list[str]
+    answer_at: torch.Tensor  # (m, 2) per question: (row, the position whose logits give the first answer token)
+    turns: torch.Tensor  # (m,) per question: its place in its conversation, 0 for the first
+    ground_at: torch.Tensor  # (g, 2) (row, position) pairs that should look at ...
+    ground_patches: torch.Tensor  # (g, 576) ... these patches (bool): the objects the question names
+    types: list[str]  # (m,) per question
 
     def to(self, device: torch.device) -> Batch:
         tensors = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return Batch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()})
 
 
-def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weight: float) -> Batch:
-    """Render the items' images (each once) and lay out their questions, image by image."""
+@dataclass(frozen=True)
+class Turn:
+    start: int  # where the question's tail (`\n{question} ASSISTANT:` or ` {question} ASSISTANT:`) starts
+    answer_at: int  # its last position: its logits give the answer's first token
+    answer: list[int]  # ` {answer}</s>`: targets at answer_at, answer_at + 1, ...
+
+
+def conversation_ids(tokenizer: SpmTokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], list[Turn]]:
+    """A conversation about one image, after its image rows, exactly as the engine decodes it: the first
+    question's tail, the answer's pieces (llama.cpp does not decode the </s> it samples), then for each
+    follow-up `</s>USER:` (template.turn_head_ids after an answer) and ` {question} ASSISTANT:`, ...
+    Returns the ids the model reads (the last answer's </s> is only a target) and each turn's places."""
+    ids, places = [], []
+    for k, (question, answer) in enumerate(turns):
+        if k:
+            ids += template.turn_head_ids(tokenizer.encode, tokenizer.eos, after_answer=True)
+        start = len(ids)
+        ids += template.turn_tail_ids(tokenizer.encode, question, has_images=k == 0)
+        places.append(Turn(start, len(ids) - 1, template.answer_ids(tokenizer.encode, answer, tokenizer.eos)))
+        ids += places[-1].answer[:-1]
+    return ids, places
+
+
+def conversation_lengths(image_seed: int, n_questions: int, max_turns: int, fixed: bool = False) -> list[int]:
+    """How an image's n questions split into conversations: lengths 1..max_turns drawn from the image's
+    seed (the data stays a function of the step), or all max_turns with `fixed` (the last may be shorter)."""
+    rng = np.random.default_rng([image_seed, 7])
+    lengths = []
+    while sum(lengths) < n_questions:
+        lengths.append(min(max_turns if fixed else int(rng.integers(1, max_turns + 1)), n_questions - sum(lengths)))
+    return lengths
+
+
+def make_batch(items: list[scenes.Question], tokenizer: SpmTokenizer, small_weight: float, max_turns: int = 1,
+               fixed_turns: bool = False) -> Batch:
+    """Render the items' images (each once) and lay out their questions, image by image, as
+    conversations (conversation_lengths) of whole images."""
     groups = [list(g) for _, g in itertools.groupby(items, key=lambda item: item.image_seed)]
     pixels = np.stack([preprocess(g[0].image(), image_size=scenes.IMAGE_SIZE, mean=OPENAI_CLIP_MEAN,
                                   std=OPENAI_CLIP_STD) for g in groups])  # (B, 3, 336, 336)
-    asked = [(i, item) for i, g in enumerate(groups) for item in g]
-    questions = [tokenizer.question(item.question) for _, item in asked]
-    answers = [tokenizer.answer(item.answer) for _, item in asked]
-    width = max(len(q) + len(a) - 1 for q, a in zip(questions, answers))  # the final </s> is only a target
-    rows = torch.full((len(asked), width), tokenizer.eos)
-    targets = torch.full((len(asked), width), IGNORE)
-    hints = torch.full((len(asked), width), IGNORE)
-    for r, (q, a) in enumerate(zip(questions, answers)):
-        rows[r, :len(q) + len(a) - 1] = torch.tensor(q + a[:-1])
-        targets[r, len(q) - 1:len(q) + len(a) - 1] = torch.tensor(a)  # position t predicts token t + 1
-        hints[r, :len(q) - 1] = a[0]
     layouts = [scenes.make_scene(g[0].image_seed) for g in groups]
     owners = [scenes.patch_owners(layout) for layout in layouts]  # (24, 24) each
+    chats = []  # (image, [items], ids, [Turn])
+    for i, g in enumerate(groups):
+        taken = 0
+        for length in conversation_lengths(g[0].image_seed, len(g), max_turns, fixed_turns):
+            chat = g[taken:taken + length]
+            taken += length
+            chats.append((i, chat, *conversation_ids(tokenizer, [(item.question, item.answer) for item in chat])))
+    width = max(len(ids) for _, _, ids, _ in chats)
+    rows = torch.full((len(chats), width), tokenizer.eos)
+    targets = torch.full((len(chats), width), IGNORE)
+    hints = torch.full((len(chats), width), IGNORE)
+    weights = torch.zeros((len(chats), width))
+    answer_at, turns, types, ground = [], [], [], []
+    for r, (i, chat, ids, places) in enumerate(chats):
+        rows[r, :len(ids)] = torch.tensor(ids)
+        for k, (item, turn) in enumerate(zip(chat, places)):
+            end = turn.answer_at + len(turn.answer)
+            targets[r, turn.answer_at:end] = torch.tensor(turn.answer)  # position t predicts token t + 1
+            hints[r, turn.start:turn.answer_at] = turn.answer[0]
+            weights[r, turn.start:end] = small_weight if item.type == "small" else 1.0
+            answer_at.append((r, turn.answer_at))
+            turns.append(k)
+            types.append(item.type)
+            lead = "\n" if k == 0 else " "
+            ground += [(r, turn.start + position, patches) for position, patches in
+                       grounding(item.question, turn.answer_at - turn.start, layouts[i], owners[i].reshape(-1),
+                                 tokenizer, lead=lead)]
     labels = np.stack([scenes.labels_of(layout, o).reshape(-1, 3) for layout, o in zip(layouts, owners)])
-    ground = [(r, position, patches) for r, ((i, item), q) in enumerate(zip(asked, questions))
-              for position, patches in grounding(item.question, len(q) - 1, layouts[i], owners[i].reshape(-1),
-                                                 tokenizer)]
-    return Batch(pixels=torch.from_numpy(pixels), patch_labels=torch.from_numpy(labels), rows=rows, targets=targets, hints=hints,
-                 image_of=torch.tensor([i for i, _ in asked]),
-                 weights=torch.tensor([small_weight if item.type == "small" else 1.0 for _, item in asked]),
-                 answer_at=torch.tensor([len(q) - 1 for q in questions]),
+    return Batch(pixels=torch.from_numpy(pixels), patch_labels=torch.from_numpy(labels),
+                 cls_targets=torch.from_numpy(np.stack([cls_targets(layout) for layout in layouts])),
+                 rows=rows, targets=targets, hints=hints, weights=weights,
+                 image_of=torch.tensor([i for i, _, _, _ in chats]),
+                 answer_at=torch.tensor(answer_at, dtype=torch.long).view(-1, 2),
+                 turns=torch.tensor(turns, dtype=torch.long),
                  ground_at=torch.tensor([(r, position) for r, position, _ in ground], dtype=torch.long).view(-1, 2),
                  ground_patches=torch.from_numpy(np.array([p for _, _, p in ground], dtype=bool).reshape(-1, scenes.GRID**2)),
-                 types=[item.type for _, item in asked])
+                 types=types)
 
 
 _SHAPE_WORDS = {**{s: s for s in scenes.SHAPES}, **{p: s for s, p in scenes.PLURALS.items()}}
 
 
 def grounding(question: str, answer_at: int, scene: scenes.Scene, owners: np.ndarray,
-              tokenizer: SpmTokenizer) -> list[tuple[int, np.ndarray]]:
+              tokenizer: SpmTokenizer, lead: str = "\n") -> list[tuple[int, np.ndarray]]:
     """Where the question's row should look: (position, patches (576,) bool) pairs. Each mention of
     objects ("the red star", "the hexagon", "blue objects", "objects") looks, from its last word, at the
     patches of the objects it names; the last question position, answer_at, looks at all of them. A
     mention that names nothing in the image (the answer is "no" or "zero") gives no pair. owners (576,)
-    is scenes.patch_owners, row-major."""
-    text = "\n" + question
+    is scenes.patch_owners, row-major. Positions count from the question's tail, which starts with `lead`:
+    a new line after the image, a space in a follow-up (template.turn_tail_text)."""
+    text = lead + question
     small = " small " in question
     pairs, colour = [], None
     for word in re.finditer(r"[A-Za-z]+", text):
@@ -332,24 +442,25 @@ class TrainBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> Batch:
         items = [item for image_seed in curriculum_seeds(step, self.cfg)
                  for item in scenes.questions_about(image_seed, self.cfg.questions_per_image)]
-        return make_batch(items, self.tokenizer, self.cfg.small_weight)
+        return make_batch(items, self.tokenizer, self.cfg.small_weight, self.cfg.max_turns)
 
 
-def validation_batches(cfg: Config, tokenizer: SpmTokenizer):
-    """The standard validation set's first `eval_images` images, B at a time."""
+def validation_batches(cfg: Config, tokenizer: SpmTokenizer, turns: int = 1):
+    """The standard validation set's first `eval_images` images, B at a time; each question on its own
+    (turns 1, the measure of runs 1-11), or as conversations of `turns` questions."""
     items = scenes.make_split("validation", cfg.eval_images, cfg.questions_per_image)
     groups = [list(g) for _, g in itertools.groupby(items, key=lambda item: item.image_seed)]
     for start in range(0, len(groups), cfg.images_per_step):
-        yield make_batch(sum(groups[start:start + cfg.images_per_step], []), tokenizer, 1.0)
+        yield make_batch(sum(groups[start:start + cfg.images_per_step], []), tokenizer, 1.0, turns, fixed_turns=True)
 
 
 # ---- training -----------------------------------------------------------------------------------------
 
 def weighted_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions with a target (n, T), each question's weighted by weights (n,)."""
+    """Mean cross-entropy over the positions with a target (n, T), each weighted by weights (n, T)."""
     token_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
                                  reduction="none").view(targets.shape)  # (n, T)
-    counted = (targets != IGNORE).float() * weights[:, None]
+    counted = (targets != IGNORE).float() * weights
     return (token_loss * counted).sum() / counted.sum()
 
 
@@ -368,6 +479,11 @@ def patch_loss(patch_logits: torch.Tensor, labels: torch.Tensor, object_weight: 
         if shows_object.any():
             total = total + object_weight * each[shows_object].mean()
     return total
+
+
+def cls_loss(cls_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the CLS head's logits (B, len(CLS_CLASSES)) against cls_targets, mean."""
+    return F.binary_cross_entropy_with_logits(cls_logits.float(), targets)
 
 
 def ground_loss(attention: torch.Tensor, at: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
@@ -399,43 +515,61 @@ def make_optimizer(model, cfg: Config):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+LOSSES = ("loss", "patch_loss", "hint_loss", "ground_loss", "cls_loss")  # what train_step returns, in order
+
+
 def train_step(model, optimizer, scheduler, prefix: torch.Tensor, batch: Batch,
-               cfg: Config) -> tuple[float, float, float, float]:
+               cfg: Config) -> tuple[float, float, float, float, float]:
     """One optimiser step on the answers' loss + patch_weight × the patch labels' loss + hint_weight × the
-    hints' loss + ground_weight × the grounding loss; returns the four."""
+    hints' loss + ground_weight × the grounding loss + cls_weight × the CLS head's loss; returns the five."""
     model.train()
     with autocast(cfg, prefix.device):
-        patches, image_rows = see(model, batch.pixels)
-        logits, attention = answer_logits(model, image_rows, prefix, batch.rows, batch.image_of, cfg.ground_layer)
-        patch_logits = model.patch_probe(patches)
+        seen = see(model, batch.pixels, cfg.cls_at)
+        logits, attention = answer_logits(model, seen.image_rows, prefix, batch.rows, batch.image_of, cfg.ground_layer)
+        patch_logits = model.patch_probe(seen.patches)
+        cls_logits = model.cls_head(seen.cls)
     answers = weighted_loss(logits, batch.targets, batch.weights)
     hints = weighted_loss(logits, batch.hints, batch.weights)
     labels = patch_loss(patch_logits, batch.patch_labels, cfg.object_patch_weight)
     ground = ground_loss(attention, batch.ground_at, batch.ground_patches)
+    cls = cls_loss(cls_logits, batch.cls_targets)
     optimizer.zero_grad(set_to_none=True)
-    (answers + cfg.patch_weight * labels + cfg.hint_weight * hints + cfg.ground_weight * ground).backward()
+    (answers + cfg.patch_weight * labels + cfg.hint_weight * hints + cfg.ground_weight * ground
+     + cfg.cls_weight * cls).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     scheduler.step()
-    return answers.item(), labels.item(), hints.item(), ground.item()
+    return answers.item(), labels.item(), hints.item(), ground.item(), cls.item()
 
 
 @torch.no_grad()
 def evaluate(model, prefix: torch.Tensor, batches, cfg: Config) -> dict:
     """Greedy first-token accuracy (every answer is one piece: the token greedy decoding emits first),
-    overall and per question type."""
+    overall, per question type, and for first questions and follow-ups (earlier answers teacher-forced);
+    the CLS head's loss; cls_auc, the mean over images of the AUC with which CLS attention at the gather
+    layer (cls_attention) tells the patches that show an object from the rest."""
     model.eval()
     right: dict[str, list[bool]] = {}
+    by_turn: dict[str, list[bool]] = {"first": [], "follow_up": []}
+    aucs, cls_losses = [], []
     for batch in batches:
         batch = batch.to(prefix.device)
         with autocast(cfg, prefix.device):
-            logits = answer_logits(model, see(model, batch.pixels)[1], prefix, batch.rows, batch.image_of)
-        rows = torch.arange(len(batch.rows), device=prefix.device)
-        guess = logits[rows, batch.answer_at].argmax(-1)
-        for kind, ok in zip(batch.types, (guess == batch.targets[rows, batch.answer_at]).tolist()):
+            seen = see(model, batch.pixels, cfg.cls_at)
+            logits = answer_logits(model, seen.image_rows, prefix, batch.rows, batch.image_of)
+            cls_losses.append(cls_loss(model.cls_head(seen.cls), batch.cls_targets).item())
+        at = batch.answer_at
+        oks = (logits[at[:, 0], at[:, 1]].argmax(-1) == batch.targets[at[:, 0], at[:, 1]]).tolist()
+        for kind, turn, ok in zip(batch.types, batch.turns.tolist(), oks):
             right.setdefault(kind, []).append(ok)
+            by_turn["first" if turn == 0 else "follow_up"].append(ok)
+        attention = cls_attention(model, seen.hidden).cpu().numpy()  # (B, 576)
+        objects = (batch.patch_labels[..., 0] > 0).cpu().numpy()  # (B, 576)
+        aucs += [auc(a, o) for a, o in zip(attention, objects) if 0 < o.sum() < len(o)]
     every = [ok for oks in right.values() for ok in oks]
-    return {"accuracy": float(np.mean(every)), "by_type": {k: float(np.mean(v)) for k, v in sorted(right.items())}}
+    return {"accuracy": float(np.mean(every)), "by_type": {k: float(np.mean(v)) for k, v in sorted(right.items())},
+            **{k: float(np.mean(v)) if v else None for k, v in by_turn.items()},
+            "cls_loss": float(np.mean(cls_losses)), "cls_auc": float(np.mean(aucs)) if aucs else None}
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------
@@ -504,19 +638,21 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
         losses.append(train_step(model, optimizer, scheduler, prefix, batch.to(device), cfg))
         if step % cfg.log_every == 0 or step == cfg.steps:
             seconds, clock = time.perf_counter() - clock, time.perf_counter()
-            questions_per_s = len(losses) * len(batch.rows) / seconds
-            answers, labels, hints, ground = np.mean(losses, axis=0)
-            log(f"step {step}/{cfg.steps} loss {answers:.4f} patch loss {labels:.4f} hint loss {hints:.4f} "
-                f"ground loss {ground:.4f} "
-                f"lr {scheduler.get_last_lr()[0]:.2e} {questions_per_s:.1f} questions/s "
-                f"({questions_per_s / cfg.questions_per_image:.1f} images/s)", event="train", step=step,
-                loss=float(answers), patch_loss=float(labels), hint_loss=float(hints),
-                ground_loss=float(ground), questions_per_s=questions_per_s)
+            questions_per_s = len(losses) * len(batch.types) / seconds
+            means = dict(zip(LOSSES, np.mean(losses, axis=0).tolist()))
+            log(" ".join([f"step {step}/{cfg.steps}", *(f"{k.replace('_', ' ')} {v:.4f}" for k, v in means.items()),
+                          f"lr {scheduler.get_last_lr()[0]:.2e} {questions_per_s:.1f} questions/s "
+                          f"({questions_per_s / cfg.questions_per_image:.1f} images/s)"]),
+                event="train", step=step, **means, questions_per_s=questions_per_s)
             losses = []
         if step % cfg.eval_every == 0 or step == cfg.steps:
             result = evaluate(model, prefix, validation_batches(cfg, tokenizer), cfg)
+            chats = evaluate(model, prefix, validation_batches(cfg, tokenizer, turns=4), cfg)
             log(f"step {step} validation accuracy {result['accuracy']:.3f} "
-                + " ".join(f"{k} {v:.2f}" for k, v in result["by_type"].items()), event="eval", step=step, **result)
+                + " ".join(f"{k} {v:.2f}" for k, v in result["by_type"].items())
+                + f"; as chats of 4: first {chats['first']:.3f} follow-ups {chats['follow_up']:.3f}; "
+                f"cls loss {result['cls_loss']:.4f} cls auc {result['cls_auc']:.3f}", event="eval", step=step,
+                **result, chats={k: chats[k] for k in ("accuracy", "first", "follow_up")})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, step)
     return export(model, out, log)
@@ -525,7 +661,8 @@ def train(cfg: Config, out: Path, device: torch.device, resume: bool = False, wo
 def init_weights(model, source: Path) -> None:
     """Start from earlier weights, not their optimiser: a checkpoint.pt, or a folder holding the exported
     f16 pair (e.g. dcp_desktop/demo/). The pair lacks the patch probe and what LLaVA never reads (the
-    last ViT block, the post-LN), which keep their random start; the probe relearns within a few hundred steps."""
+    last ViT block, the post-LN) nor the CLS head, which keep their random start; the probe relearns within a
+    few hundred steps."""
     if source.is_file():
         model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["model"])
         return
@@ -535,7 +672,7 @@ def init_weights(model, source: Path) -> None:
     state = {key: torch.from_numpy(value) for key, value in read_llava_state(model.config, llm, mmproj).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     unread = (f"model.vision_tower.encoder.layers.{model.config.vision_config.num_hidden_layers - 1}.",
-              "model.vision_tower.post_layernorm.", "patch_probe.")
+              "model.vision_tower.post_layernorm.", "patch_probe.", "cls_head.")
     left = [key for key in missing if not key.startswith(unread)]
     if left or unexpected:
         raise SystemExit(f"--init-from {source}: tensors missing {left}, unexpected {unexpected}")
@@ -584,6 +721,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                         help="export OUT/checkpoint.pt to the GGUF pair without training (its own config)")
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    if overrides.get("cls_at", "gather") not in CLS_LAYERS:
+        parser.error(f"--cls-at: expected one of {', '.join(CLS_LAYERS)}, got {overrides['cls_at']!r}")
     return dataclasses.replace(PRESETS[args.preset], **overrides), args
 
 

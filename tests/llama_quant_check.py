@@ -5,8 +5,10 @@
 Weights are raw random blocks (valid f16 scales, random quants), as dcp_desktop/bench/random_gguf.py
 writes Q4_0: decoding runs every quantised matmul kernel of the CPU variant that ggml picked, which
 is what can crash (an illegal instruction kills the process, so tests run this in a subprocess).
-Width 256 (one Q4_K super-block per row chunk), 2 layers; the 64-token prompt makes the batched
-(GEMM, repacked, AMX) kernels run, the last token the one-row (GEMV) kernels.
+Width 256 (one Q4_K super-block per row chunk), 2 layers; the two 64-token batches make the batched
+(GEMM, repacked, AMX) kernels run, the last token the one-row (GEMV) kernels. Between batches a
+bfloat16 PyTorch matmul runs, as the vision tower does in the app: its oneDNN kernels release the AMX
+tiles, which killed ggml's next AMX call with SIGILL before patch 0007.
 """
 
 from __future__ import annotations
@@ -62,8 +64,18 @@ def write_model(path: Path, name: str, seed: int = 0) -> Path:
     return path
 
 
+def other_amx_user() -> None:
+    """What the app does between two prefills: PyTorch's bfloat16 vision tower, whose oneDNN kernels
+    use (and release) the AMX tiles on the same threads, where the CPU has them."""
+    import torch
+
+    x = torch.ones(256, 1024, dtype=torch.bfloat16)
+    torch.nn.functional.linear(x, torch.ones(1024, 1024, dtype=torch.bfloat16))
+
+
 def decode_check(model_path: Path, n_prompt: int = 64, n_threads: int = 2) -> np.ndarray:
-    """Load through llama_build, decode n_prompt tokens then one more; the last logits (finite)."""
+    """Load through llama_build, decode n_prompt tokens twice then one more, with PyTorch between; the
+    last logits (finite)."""
     from dcp_desktop.llama_build import llama_cpp as lc
 
     model = lc.llama_model_load_from_file(str(model_path).encode(), lc.llama_model_default_params())
@@ -71,7 +83,9 @@ def decode_check(model_path: Path, n_prompt: int = 64, n_threads: int = 2) -> np
     cparams.n_ctx, cparams.n_batch, cparams.n_threads, cparams.n_threads_batch = 256, 256, n_threads, n_threads
     ctx = lc.llama_init_from_model(model, cparams)
     try:
-        for start, count in ((0, n_prompt), (n_prompt, 1)):
+        for start, count in ((0, n_prompt), (n_prompt, n_prompt), (2 * n_prompt, 1)):
+            if start:
+                other_amx_user()
             batch = lc.llama_batch_init(count, 0, 1)
             for i in range(count):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = 3 + (start + i) % 200, start + i, 1

@@ -201,13 +201,11 @@ struct tile_config_t{
 //    advanced-matrix-extensions-intrinsics-functions.html
 //
 
+// Loaded on every call, not once per thread: other code in the process (PyTorch's oneDNN AMX kernels,
+// on the same OpenMP and caller threads) reconfigures or releases the tiles between our calls, and a
+// tile instruction after `tilerelease` raises #UD (SIGILL). One ldtilecfg per chunk costs nothing
+// next to the GEMM it sets up.
 inline void ggml_tile_config_init(void) {
-    static thread_local bool done = false;
-
-    if (done) {
-        return;
-    }
-
     alignas(64) tile_config_t tc = {};
     tc.palette_id = 1;
     tc.start_row = 0;
@@ -229,7 +227,6 @@ inline void ggml_tile_config_init(void) {
 #else
     _tile_loadconfig(&tc);
 #endif
-    done = true;
 }
 
 // we need an extra 16 * 4B (TILE_N * int32_t) for each NB/KB block for compensation.

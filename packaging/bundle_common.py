@@ -41,8 +41,14 @@ DROP_PREFIXES = (
     "torch/utils/benchmark/", "torch/onnx/",
     "PySide6/Qt/translations/", "PySide6/translations/",
 )
+# torch/bin holds C++ test programs and protoc, and the one program `import torch` insists on.
+KEEP_FILES = ("torch/bin/torch_shm_manager",)
 DROP_QT_PLUGINS = ("wayland-", "egldeviceintegrations", "sqldrivers", "tls", "networkinformation",
-                   "qmltooling", "designer", "printsupport", "vectorimageformats")
+                   "qmltooling", "designer", "printsupport", "vectorimageformats",
+                   "generic")  # evdev/tuio input for kiosk devices without a window system
+# GTK's look: it would load the user's GTK with our bundled glib and cairo (PyInstaller bundles those
+# as its dependencies), a known way to crash; Qt's own style and the xdg portal's dialogs stay.
+DROP_PLUGIN_FILES = ("platformthemes/libqgtk3.so",)
 DROP_NAMES = ("libtorchbind_test.so", "libjitbackend_test.so", "libbackend_with_compiler.so",
               "libaoti_custom_ops.so", "torchbind_test.dll", "jitbackend_test.dll",
               "backend_with_compiler.dll", "aoti_custom_ops.dll")
@@ -83,11 +89,14 @@ def kept(entry) -> bool:
     """Whether a TOC entry (dest, source, kind) stays in the trimmed bundle."""
     dest = entry[0].replace(os.sep, "/")
     name = dest.rsplit("/", 1)[-1]
+    if dest in KEEP_FILES:
+        return True
     if dest.startswith(DROP_PREFIXES) or name in DROP_NAMES:
         return False
     if "/plugins/" in dest and dest.startswith("PySide6/"):
-        plugin_dir = dest.split("/plugins/", 1)[1].split("/", 1)[0]
-        if plugin_dir.startswith(DROP_QT_PLUGINS):
+        plugin = dest.split("/plugins/", 1)[1]
+        plugin_dir = plugin.split("/", 1)[0]
+        if plugin_dir.startswith(DROP_QT_PLUGINS) or plugin in DROP_PLUGIN_FILES:
             return False
         if plugin_dir == "platforms":
             return name in KEEP_PLATFORMS
@@ -95,6 +104,55 @@ def kept(entry) -> bool:
 
 
 def trim(analysis) -> None:
-    """Drop what `kept` rejects from an Analysis' binaries and datas (in place)."""
+    """Drop what `kept` rejects from an Analysis' binaries and datas (in place), then the shared
+    libraries only dropped files needed (see drop_orphans)."""
     analysis.binaries = [e for e in analysis.binaries if kept(e)]
     analysis.datas = [e for e in analysis.datas if kept(e)]
+    analysis.binaries = drop_orphans(analysis.binaries)
+    analysis.binaries, analysis.datas = drop_dangling_links(analysis.binaries, analysis.datas)
+
+
+def drop_dangling_links(binaries: list, datas: list) -> tuple[list, list]:
+    """Remove SYMLINK entries (dest, target, "SYMLINK") whose target is no longer collected."""
+    present = {e[0].replace(os.sep, "/") for e in binaries + datas if e[2] != "SYMLINK"}
+
+    def live(entry) -> bool:
+        if entry[2] != "SYMLINK":
+            return True
+        target = os.path.normpath(os.path.join(os.path.dirname(entry[0]), entry[1])).replace(os.sep, "/")
+        return target in present
+    return [e for e in binaries if live(e)], [e for e in datas if live(e)]
+
+
+# Where PyInstaller's dependency analysis puts libraries nothing imports by name: the bundle's top
+# level (system libraries) and Qt's lib folder. Only these are candidates for drop_orphans.
+ORPHAN_FOLDERS = ("", "PySide6/Qt/lib")
+
+
+def drop_orphans(binaries: list, needs=None) -> list:
+    """Dependency analysis ran before trimming, so the libraries of dropped plugins are still there
+    (Wayland client, EGLFS, the GTK stack). Remove every library in ORPHAN_FOLDERS that no kept
+    binary lists as DT_NEEDED (or the platform's equivalent), repeating until none is left, and the
+    links to it. `needs(path) -> names` is PyInstaller's dependency reader unless given (tests).
+    A library loaded with dlopen by name alone would be lost: the smoke test runs the real app."""
+    if needs is None:
+        from PyInstaller.depend.bindepend import get_imports
+
+        def needs(path):
+            return {os.path.basename(name) for name, _ in get_imports(path)}
+    cache: dict[str, set] = {}
+
+    def folder(dest: str) -> str:
+        return os.path.dirname(dest.replace(os.sep, "/"))
+
+    while True:
+        needed = set()
+        for dest, source, kind in binaries:
+            if kind != "SYMLINK":
+                needed |= cache.setdefault(source, needs(source))
+        orphans = {os.path.basename(dest) for dest, source, kind in binaries
+                   if kind == "BINARY" and folder(dest) in ORPHAN_FOLDERS
+                   and os.path.basename(dest) not in needed and not os.path.basename(dest).startswith("libpython")}
+        if not orphans:
+            return binaries
+        binaries = [e for e in binaries if not (os.path.basename(e[0]) in orphans and folder(e[0]) in ORPHAN_FOLDERS)]

@@ -8,6 +8,7 @@
 #   /usr/bin/dcp-desktop, /usr/bin/dcp-chat           links into it
 #   /usr/share/applications/dcp-desktop.desktop       the menu entry
 #   /usr/share/icons/hicolor/{48x48,256x256}/apps/dcp-desktop.png
+# DEB_COMPRESSION=gzip (or zstd) builds faster than the default xz and makes a larger .deb.
 # Depends: the system libraries the bundle's binaries load but PyInstaller leaves to the system
 # (glibc, X11/xcb, GL, fontconfig, ...), found with ldd and named with dpkg -S on this machine.
 set -euo pipefail
@@ -26,17 +27,22 @@ for size in 48 256; do
   install -m 644 "$HERE/icon/dcp-desktop-$size.png" "$STAGE/usr/share/icons/hicolor/${size}x${size}/apps/dcp-desktop.png"
 done
 
-# System libraries the bundle needs, as packages: every ELF file's resolved dependencies outside it.
+# System libraries the bundle needs, as packages: every ELF file's dependencies that resolve outside
+# it (ldd), named with dpkg -S; and Qt's X11 plugin's, which PyInstaller cannot bundle where they are
+# not installed (linux/depends.txt lists those: they must be on the user's system either way).
 depends="$(
+  set +o pipefail
   find "$STAGE/opt/dcp-desktop" -type f \( -name '*.so*' -o -perm -u+x \) -print0 |
     xargs -0 file -N -0 | tr '\0' '\t' | awk -F'\t' '/ELF/ {print $1}' |
     xargs -d '\n' ldd 2>/dev/null | awk '/=> \// {print $3}' | grep -v "^$STAGE" | sort -u |
-    xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u | paste -sd, | sed 's/,/, /g'
+    xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u
+  grep -v '^#' "$HERE/linux/depends.txt"
 )"
+depends="$(echo "$depends" | sort -u | grep . | paste -sd, | sed 's/,/, /g')"
 installed_kib="$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)"
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$installed_kib/" \
     -e "s/@DEPENDS@/$depends/" "$HERE/linux/control.in" > "$STAGE/DEBIAN/control"
 echo "Depends: $depends"
 
-nice -n "${NICE:-10}" dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$OUT"
+nice -n "${NICE:-10}" dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" --build "$STAGE" "$OUT"
 rm -rf "$STAGE"

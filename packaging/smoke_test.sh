@@ -97,8 +97,8 @@ start_window() {  # start_window NAME [wrapper...]: start it, wait for both read
   "$@" "$SCRATCH/bin/dcp-desktop" > "$log" 2>&1 &
   APP_PID=$!
   for _ in $(seq 1200); do  # 60 s
-    [ -z "$shown" ] && grep -q "ready (window shown)" "$log" && shown=$(echo "$(date +%s.%N) - $t0" | bc)
-    [ -z "$loaded" ] && grep -q "ready (model .* loaded)" "$log" && loaded=$(echo "$(date +%s.%N) - $t0" | bc)
+    [ -z "$shown" ] && grep -qs "ready (window shown)" "$log" && shown=$(echo "$(date +%s.%N) - $t0" | bc)
+    [ -z "$loaded" ] && grep -qs "ready (model .* loaded)" "$log" && loaded=$(echo "$(date +%s.%N) - $t0" | bc)
     [ -n "$loaded" ] && break
     kill -0 "$APP_PID" 2>/dev/null || break
     sleep 0.05

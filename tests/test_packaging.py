@@ -89,6 +89,9 @@ def test_trimmed_modules_are_not_imported_by_dcp_chat(tiny, image_path):
 @pytest.mark.parametrize(("dest", "keep"), [
     ("torch/lib/libtorch_cpu.so", True),
     ("torch/bin/protoc", False),
+    ("torch/bin/torch_shm_manager", True),  # import torch checks it is there
+    ("PySide6/Qt/plugins/platformthemes/libqgtk3.so", False),
+    ("PySide6/Qt/plugins/platformthemes/libqxdgdesktopportal.so", True),
     ("torch/include/ATen/ATen.h", False),
     ("torch/lib/libtorchbind_test.so", False),
     ("PySide6/Qt/plugins/platforms/libqxcb.so", True),
@@ -105,3 +108,30 @@ def test_trimmed_modules_are_not_imported_by_dcp_chat(tiny, image_path):
 ])
 def test_trimming_keeps_what_the_app_loads(dest, keep):
     assert bundle_common.kept((dest, "/src/" + dest, "BINARY")) is keep
+
+
+def test_orphan_libraries_go_and_needed_ones_stay():
+    """A library only a dropped plugin needed goes, with whatever only it needed; links to it go too."""
+    deps = {"/s/app.so": {"libQt6Gui.so.6"}, "/s/libQt6Gui.so.6": {"libicu.so"}, "/s/libicu.so": set(),
+            "/s/libQt6WaylandClient.so.6": {"libwayland-client.so.0"}, "/s/libwayland-client.so.0": set(),
+            "/s/libpython3.11.so": set()}
+    binaries = [("PySide6/app.so", "/s/app.so", "EXTENSION"),
+                ("PySide6/Qt/lib/libQt6Gui.so.6", "/s/libQt6Gui.so.6", "BINARY"),
+                ("libicu.so", "/s/libicu.so", "BINARY"),
+                ("PySide6/Qt/lib/libQt6WaylandClient.so.6", "/s/libQt6WaylandClient.so.6", "BINARY"),
+                ("libQt6WaylandClient.so.6", "PySide6/Qt/lib/libQt6WaylandClient.so.6", "SYMLINK"),
+                ("libwayland-client.so.0", "/s/libwayland-client.so.0", "BINARY"),
+                ("libpython3.11.so", "/s/libpython3.11.so", "BINARY")]
+    kept = bundle_common.drop_orphans(binaries, needs=lambda path: deps[path])
+    assert [e[0] for e in kept] == ["PySide6/app.so", "PySide6/Qt/lib/libQt6Gui.so.6", "libicu.so", "libpython3.11.so"]
+
+
+def test_links_to_dropped_files_go():
+    binaries = [("libQt6Gui.so.6", "PySide6/Qt/lib/libQt6Gui.so.6", "SYMLINK"),
+                ("libQt6Network.so.6", "PySide6/Qt/lib/libQt6Network.so.6", "SYMLINK"),
+                ("PySide6/Qt/lib/libQt6Gui.so.6", "/s/libQt6Gui.so.6", "BINARY")]
+    datas = [("libllama.so", "dcp_desktop/llama_lib/libllama.so", "SYMLINK"),
+             ("dcp_desktop/llama_lib/libllama.so", "/s/libllama.so", "DATA")]
+    kept_binaries, kept_datas = bundle_common.drop_dangling_links(binaries, datas)
+    assert [e[0] for e in kept_binaries] == ["libQt6Gui.so.6", "PySide6/Qt/lib/libQt6Gui.so.6"]
+    assert kept_datas == datas

@@ -28,16 +28,22 @@ for size in 48 256; do
 done
 
 # System libraries the bundle needs, as packages: every ELF file's dependencies that resolve outside
-# it (ldd), named with dpkg -S; and Qt's X11 plugin's, which PyInstaller cannot bundle where they are
-# not installed (linux/depends.txt lists those: they must be on the user's system either way).
+# it (ldd), named with dpkg -S; libc6 at least the newest GLIBC_ symbol version any file asks for;
+# and Qt's X11 plugin's libraries, which PyInstaller cannot bundle where they are not installed
+# (linux/depends.txt: they must be on the user's system either way).
+elf_files="$STAGE/elf-files"
+find "$STAGE/opt/dcp-desktop" -type f \( -name '*.so*' -o -perm -u+x \) -print0 |
+  xargs -0 file -N -0 | tr '\0' '\t' | awk -F'\t' '/ELF/ {print $1}' > "$elf_files"
+glibc="$(xargs -d '\n' readelf -V < "$elf_files" 2>/dev/null | grep -o 'Name: GLIBC_[0-9.]*' |
+         sed 's/.*GLIBC_//' | sort -uV | tail -1)"
 depends="$(
   set +o pipefail
-  find "$STAGE/opt/dcp-desktop" -type f \( -name '*.so*' -o -perm -u+x \) -print0 |
-    xargs -0 file -N -0 | tr '\0' '\t' | awk -F'\t' '/ELF/ {print $1}' |
-    xargs -d '\n' ldd 2>/dev/null | awk '/=> \// {print $3}' | grep -v "^$STAGE" | sort -u |
-    xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u
+  xargs -d '\n' ldd < "$elf_files" 2>/dev/null | awk '/=> \// {print $3}' | grep -v "^$STAGE" | sort -u |
+    xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u | grep -vx libc6
+  echo "libc6 (>= $glibc)"
   grep -v '^#' "$HERE/linux/depends.txt"
 )"
+rm "$elf_files"
 depends="$(echo "$depends" | sort -u | grep . | paste -sd, | sed 's/,/, /g')"
 installed_kib="$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)"
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$installed_kib/" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the built .deb: install it into a scratch root, ask the installed dcp-chat the demo
-# scene's questions (same answers as the venv; "orange" for the README's), start the installed
+# scene's questions (same answers as the venv; "orange" for the README's; the .tar.gz's dcp-chat
+# too, when there is one), start the installed
 # dcp-desktop under Xvfb (window up, screenshot, cold and warm start times), and check that
 # neither touches the network.
 #
@@ -62,6 +63,14 @@ for line in open(sys.argv[1]):
 check "dcp-chat in the bundle answers as the venv does" test "$same" = 1
 check "dcp-chat in the bundle says orange to the README's question" test "${readme_answer:-}" = orange
 [ ${#offline[@]} -gt 0 ] && say "      (the bundle's answers ran without a network: unshare -n)"
+
+TARBALL="$(ls -t packaging/dist/dcp-desktop-*-linux-*.tar.gz 2>/dev/null | head -1)"
+if [ -n "$TARBALL" ]; then  # the same folder for other distributions: unpacked anywhere, it answers too
+  mkdir -p "$SCRATCH/tarball" && tar -C "$SCRATCH/tarball" -xzf "$TARBALL"
+  answer="$("${offline[@]}" "$SCRATCH/tarball/dcp-desktop/dcp-chat" "$IMAGE" "What colour is the hexagon?" --model demo)"
+  check "the .tar.gz's dcp-chat, unpacked elsewhere, says orange ($(du -m "$TARBALL" | cut -f1) MB)" test "$answer" = orange
+  rm -rf "$SCRATCH/tarball"
+fi
 
 strace -f -qq -e trace=connect -o "$OUT/dcp-chat.strace" \
   "$SCRATCH/bin/dcp-chat" "$IMAGE" "What colour is the hexagon?" --model demo > /dev/null 2>&1

@@ -25,38 +25,6 @@ namespace {
 // the two implementations' κ may differ at that level, so it must not decide between stages.
 constexpr float k_kappa_noise = 1e-4f;
 
-// ---- replayable arithmetic -------------------------------------------------------------------
-
-// ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
-double cosine_f32(const float * a, const float * b, size_t n) {
-    return double(lane_dot<float, 16>(a, b, n));
-}
-
-// Row-major float32 unit rows.
-struct unit_set {
-    std::vector<float> data;  // (n_rows, n_cols)
-    size_t             n_cols;
-
-    const float * row(int32_t i) const { return data.data() + size_t(i) * n_cols; }
-};
-
-// Rows of float32 or double scaled to unit length, bit-identical to the NumPy twin; all-zero
-// rows stay zero.
-template <typename T>
-unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
-    const size_t d = size_t(n_cols);
-    unit_set unit{std::vector<float>(size_t(n_rows) * d), d};
-    for (size_t i = 0; i < size_t(n_rows); ++i) {
-        const T * row = x + i * d;
-        const double norm = std::sqrt(dot_f64(row, row, d));
-        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
-        for (size_t j = 0; j < d; ++j) {
-            unit.data[i * d + j] = float(double(row[j]) * scale);
-        }
-    }
-    return unit;
-}
-
 unit_set feature_unit_rows(const dcp_tokens & t) {
     return exact_unit_rows(t.features, t.n_tokens, t.n_dim);
 }

@@ -249,3 +249,21 @@ def test_in_llm_cells_report_image_tokens_per_layer_and_flops(tiny, tmp_path, ca
         assert results[method]["image_tokens_mean_over_layers"] == (576 + 64) / 2
     assert results["dcp"]["prefill_mflops"] < results["btp"]["prefill_mflops"] < results["full"]["prefill_mflops"]
     assert "image tokens per layer (mean) · prefill MFLOPs · prefill ms" in out
+
+
+def test_ablation_pairs_cells_across_two_runs(tmp_path, capsys):
+    from dcp_desktop.eval import ablation
+
+    def write(name, outcomes):
+        path = tmp_path / name
+        path.write_text(json.dumps({"split": "validation", "question_types": ["count"] * 4, "results": [
+            {"method": "dcp", "tokens": 16, "accuracy": sum(outcomes) / 4, "retention": sum(outcomes) / 4,
+             "outcomes": outcomes}]}))
+        return path
+
+    base, other = write("off.json", [1, 0, 0, 1]), write("on.json", [1, 1, 1, 1])
+    [result] = ablation.run([f"{base}:dcp@16", f"{other}:dcp@16"])
+    assert result["diff"] == pytest.approx(0.5) and result["mcnemar_p"] == pytest.approx(0.5)  # b=0, c=2
+    assert "| +50.0 [" in capsys.readouterr().out
+    code, _, err = run_main(ablation.main, capsys, f"{base}:dcp@32", f"{other}:dcp@16")
+    assert code == 2 and "no cell dcp@32; it has dcp@16" in err

@@ -105,13 +105,23 @@ def assert_same_selection(a: Selection, b: Selection) -> None:
     assert a.assignment.dtype == np.int32
 
 
-def assert_selection_assignment(kept: Selection, n_tokens: int, patch_idx=None) -> None:
-    """A selection method's assignment: exactly the K kept rows are >= 0, each on its own token."""
+def assert_selection_assignment(kept: Selection, features: np.ndarray, masses=None, patch_idx=None) -> None:
+    """A selection method's assignment: the K kept rows each on its own token, every other row on the
+    kept row its feature is most cosine-similar to (up to rounding), and each mass the sum over its rows."""
+    n_tokens = len(features)
     patches = np.arange(n_tokens) if patch_idx is None else np.asarray(patch_idx)
-    assert kept.assignment.shape == (n_tokens,)
-    rows = np.flatnonzero(kept.assignment >= 0)
+    masses = np.ones(n_tokens) if masses is None else np.asarray(masses, np.float64)
+    assert kept.assignment.shape == (n_tokens,) and (kept.assignment >= 0).all()
+    rows = np.flatnonzero(np.isin(patches, kept.indices))  # (K,)
     np.testing.assert_array_equal(patches[rows], kept.indices)
     np.testing.assert_array_equal(kept.assignment[rows], np.arange(len(kept.indices)))
+    x = features.astype(np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)  # (N, D)
+    similarity = unit @ unit[rows].T  # (N, K)
+    chosen = similarity[np.arange(n_tokens), kept.assignment]
+    assert (chosen >= similarity.max(axis=1) - 1e-5).all(), "a dropped row joined a kept row that is not its nearest"
+    np.testing.assert_allclose(kept.masses, np.bincount(kept.assignment, masses, minlength=len(rows)), rtol=1e-6)
 
 
 def pool_cells_by_patch(grid, n_keep: int) -> np.ndarray:
@@ -150,7 +160,7 @@ def test_native_matches_reference(method, tokens, data, seed):
     if method == "pool":
         np.testing.assert_array_equal(native.assignment, pool_cells_by_patch(grid, n_keep))
     else:
-        assert_selection_assignment(native, len(features))
+        assert_selection_assignment(native, features)
 
 
 def test_pool_assignment_tiles_a_divisible_grid():
@@ -239,7 +249,7 @@ def test_fastervlm_keeps_the_highest_attention(tokens, data):
     if len(dropped):
         assert cls_attn[kept.indices].min() >= cls_attn[dropped].max()
     np.testing.assert_array_equal(kept.features, features[kept.indices])
-    np.testing.assert_array_equal(kept.masses, np.ones(n_keep))
+    assert_selection_assignment(kept, features)
 
 
 @pytest.mark.parametrize("impl", ["native", "reference"])

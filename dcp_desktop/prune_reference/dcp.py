@@ -15,24 +15,8 @@ import math
 
 import numpy as np
 
-from .common import Output, Tokens, best_row, dot_f64, float32_option, kappa, lane_dot, top_k
-
-F32_LANES = 16  # native cosine_f32
+from .common import F32_LANES, Output, Tokens, best_row, cosines, exact_unit_rows, float32_option, kappa, lane_dot, top_k
 KAPPA_NOISE = np.float32(1e-4)  # dcp: a κ at or below this is rounding noise, not a shift (native k_kappa_noise)
-
-
-# ---- replayable arithmetic ---------------------------------------------------------------------
-
-def exact_unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of x scaled to unit length as float32, bit-identical to native; zero rows stay zero."""
-    norm = np.sqrt(dot_f64(x, x))  # (n,)
-    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)  # (n,)
-    return (x.astype(np.float64) * scale[:, None]).astype(np.float32)  # (n, d)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """⟨a_i, b_j⟩ of unit rows (broadcast over leading axes) as native cosine_f32, in float64."""
-    return lane_dot(a, b, np.float32, F32_LANES).astype(np.float64)
 
 
 # ---- acgr --------------------------------------------------------------------------------------

@@ -127,16 +127,20 @@ enum dcp_method {
     //
     // ACGR (Anchor-Context Graph Recovery): anchors A = the n_keep rows of largest s (as
     // fastervlm); context C = the other rows. u = unit rows of keys when given, else features.
-    // affinity(c, a) = cos(u_c, u_a) + λ·(g(|row_c - row_a|)·g(|col_c - col_a|)),
+    // affinity(c, a) = cos(u_c, u_a) + λ·(g(|row_c - row_a|)·g(|col_c - col_a|)) where
+    // cos(u_c, u_a) > options.acgr_min_similarity, else -inf (no link on proximity alone);
     // g(k) = exp(-k² / (2σ²)) (libm), so λ·exp(-(grid distance)² / (2σ²)) up to rounding;
     // λ = options.acgr_spatial_weight, σ = options.acgr_spatial_sigma. Each context row links to
     // its min(options.acgr_n_neighbors, n_keep) anchors of highest affinity (ties: the lower
     // anchor row); only links with affinity > 0 count, with w_ca = affinity / Σ of c's counted
-    // affinities (a row with none is dropped). ρ_c = clamp(s_c / mean s, 0, 1) (1 when
-    // mean s <= 0). Anchor a keeps its row, with feature (m_a·x_a + Σ_c w_ca·ρ_c·m_c·x_c) /
-    // (m_a + Σ_c w_ca·ρ_c·m_c) and mass m_a + Σ_c w_ca·m_c: the masses add up to the input's,
-    // less the dropped rows' (none when λ > 0 and no cosine is negative). n_keep == n_tokens
-    // returns the input.
+    // affinities, summed best first (a row with none is dropped). ρ_c = clamp(s_c / mean s, 0, 1)
+    // (1 when mean s <= 0; s summed in row order). Anchor a keeps its row, with
+    // P_a = Σ_c w_ca·ρ_c·m_c and feature (m_a·x_a + Σ_c w_ca·ρ_c·m_c·x_c) / (m_a + P_a), except that
+    // when its own share m_a / (m_a + P_a) is below f = options.acgr_self_share the feature is
+    // f·x_a + (1 - f)·(Σ_c w_ca·ρ_c·m_c·x_c) / P_a; mass m_a + Σ_c w_ca·m_c. Every sum runs in the
+    // same order (the anchor's own term, then context rows ascending, each row's links best first),
+    // so the twin's recovered features are bit-identical. The masses add up to the input's, less
+    // the dropped rows'. n_keep == n_tokens returns the input.
     DCP_METHOD_ACGR = 7,
     // TATCS (Text-Aware Token Cluster Selection), n_keep clusters of all input rows, x̂ = unit
     // feature rows. s̃ = s / max s (1 when max s <= 0); relevance r_i = max_j cos(x̂_i, text_j),
@@ -147,14 +151,20 @@ enum dcp_method {
     // duplicates left), the non-centre maximising g. Assignment: each non-centre joins the
     // centre maximising cos(x̂_i, x̂_c) - λ_t·|r̃_i - r̃_c| (λ_t = options.tatcs_text_weight; ties:
     // the centre chosen first). Reselection: μ_Q = unit(Σ_{i∈Q} m_i·x̂_i); representative = the
-    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). Merge:
-    // ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep; the output token sits on the
-    // representative's row with feature Σ ω_i·x_i / Σ ω_i and mass Σ_{i∈Q} m_i.
+    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). The output
+    // token sits on the representative's row with mass Σ_{i∈Q} m_i (summed in row order) and, with
+    // options.tatcs_reselect = 1, the representative's own feature; with 0, the merge
+    // Σ ω_i·x_i / Σ ω_i, ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep.
     // used_tatcs = true.
     DCP_METHOD_TATCS = 8,
-    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output). If
-    // κ_a > max(options.tau, 1e-4), the result of TATCS on the input (used_tatcs = true), else
-    // ACGR's (used_tatcs = false). A κ_a of 1e-4 or less is rounding noise: ACGR lost nothing.
+    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output) (with masses: what
+    // the LLM sees). If κ_a <= max(options.tau, 1e-4), ACGR's output (used_tatcs = false; a κ_a of
+    // 1e-4 or less is rounding noise: ACGR lost nothing). Else ACGR again with
+    // M = min(n_tokens, options.dcp_anchors_per_token·n_keep) anchors, and TATCS on those M
+    // recovered anchors (their recovered features and masses, s and patches; no keys) re-clusters
+    // them into n_keep tokens (used_tatcs = true); with dcp_anchors_per_token = 0, TATCS on the input
+    // instead (the first build's reading). assignment: each input row → its anchor → that
+    // anchor's cluster (-1 if ACGR dropped it); as tatcs's with dcp_anchors_per_token = 0.
     DCP_METHOD_DCP = 9,
     DCP_METHOD_COUNT, // number of methods; not a method
 };
@@ -191,6 +201,10 @@ struct dcp_options {
     float   tatcs_relevance_mix;
     float   visionzip_dominant_ratio;
     float   cdpruner_theta;
+    float   acgr_self_share;
+    float   acgr_min_similarity;
+    int32_t dcp_anchors_per_token;
+    int32_t tatcs_reselect;
 };
 
 struct dcp_prune_params {

@@ -355,7 +355,7 @@ BAD_CALLS = {
     "negative seed": (dict(seed=-1, method="random"), "seed: expected an integer in 0..2**64-1, got -1"),
     "huge seed": (dict(seed=2**64, method="random"), "seed: expected an integer in 0..2**64-1"),
     "unknown impl": (dict(impl="gpu"), "impl: expected 'native' or 'reference', got 'gpu'"),
-    "unknown option": (dict(options={"alpha": 1.0}), "options: unknown alpha; known: acgr_n_neighbors"),
+    "unknown option": (dict(options={"alpha": 1.0}), "options: unknown alpha; known: acgr_min_similarity, acgr_n_neighbors"),
     "negative tau": (dict(options={"tau": -0.5}), "options: tau must be a finite number >= 0, got -0.5"),
     "theta > 1": (dict(options={"cdpruner_theta": 1.5}), "options: cdpruner_theta must be a number in [0, 1], got 1.5"),
     "sigma 0 in float32": (dict(options={"acgr_spatial_sigma": 1e-50}),
@@ -378,7 +378,7 @@ def test_bad_input_raises_input_error_naming_the_argument(case, impl):
 
 
 FLOAT_OPTION_EDGES = [-1.0, -1e-46, -0.0, 0.0, 1e-46, 1e-45, 0.5, 1.0, 1.00000001, 1.001, 3.4e38, 1e39]
-INT_OPTION_EDGES = [-1, 0, 1, 2, 2**31 - 1]  # acgr_n_neighbors; native truncates fractions, select rejects them
+INT_OPTION_EDGES = [-1, 0, 1, 2, 64, 65, 2**31 - 1]  # native truncates fractions, select rejects them
 
 
 def native_core_accepts(options: dict) -> bool:
@@ -393,7 +393,7 @@ def native_core_accepts(options: dict) -> bool:
 
 @pytest.mark.parametrize("name, value", [
     (name, value) for name in DEFAULT_OPTIONS
-    for value in (INT_OPTION_EDGES if name == "acgr_n_neighbors" else FLOAT_OPTION_EDGES)])
+    for value in (INT_OPTION_EDGES if OPTIONS[name].integer else FLOAT_OPTION_EDGES)])
 def test_option_ranges_match_the_native_core_for_both_impls(name, value):
     """select() checks the ranges of prune.h's dcp_options once, for both impls, on the float32
     value native sees (1.00000001 rounds to 1, 1e-46 to 0, 1e39 to Inf), so it accepts an option

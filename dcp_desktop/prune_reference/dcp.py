@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from .common import F32_LANES, Output, Tokens, best_row, cosines, exact_unit_rows, float32_option, kappa, lane_dot, top_k
+
 KAPPA_NOISE = np.float32(1e-4)  # dcp: a κ at or below this is rounding noise, not a shift (native k_kappa_noise)
 
 
@@ -29,15 +30,18 @@ def anchor_context_recovery(tokens: Tokens, n_anchors: int, options: dict) -> Ou
     anchors = np.sort(top_k(tokens.cls_attn, n_anchors))  # (M,) ascending: ties go to the lower row
     context = np.setdiff1d(np.arange(tokens.n), anchors)  # (C,)
     u = exact_unit_rows(tokens.keys if tokens.keys is not None else tokens.features)  # (n, ds)
-    affinity = cosines(u[context, None], u[None, anchors]) \
-        + _spatial_kernel(tokens, context, anchors, options)  # (C, M)
+    semantic = cosines(u[context, None], u[None, anchors])  # (C, M)
+    affinity = np.where(semantic > float32_option(options, "acgr_min_similarity"),  # no link on proximity alone
+                        semantic + _spatial_kernel(tokens, context, anchors, options), -np.inf)  # (C, M)
     n_neighbors = min(int(options["acgr_n_neighbors"]), n_anchors)
     nearest = np.argsort(-affinity, axis=1, kind="stable")[:, :n_neighbors]  # (C, nb) best first
     linked = np.take_along_axis(affinity, nearest, axis=1)  # (C, nb)
     linked = np.where(linked > 0, linked, 0.0)  # only positive links count
-    total = linked.sum(axis=1, keepdims=True)  # (C, 1)
-    w = np.divide(linked, total, out=np.zeros_like(linked), where=total > 0)  # (C, nb) edge weights
-    return _recover(tokens, anchors, context, nearest, w)
+    total = np.zeros(len(context))  # (C,) summed best first, as native
+    for k in range(n_neighbors):
+        total += linked[:, k]
+    w = np.divide(linked, total[:, None], out=np.zeros_like(linked), where=total[:, None] > 0)  # (C, nb)
+    return _recover(tokens, anchors, context, nearest, w, float32_option(options, "acgr_self_share"))
 
 
 def _spatial_kernel(tokens: Tokens, context: np.ndarray, anchors: np.ndarray, options: dict) -> np.ndarray:
@@ -58,26 +62,37 @@ def _spatial_kernel(tokens: Tokens, context: np.ndarray, anchors: np.ndarray, op
 def _handover_weights(cls_attn: np.ndarray) -> np.ndarray:
     """ρ = clamp(s / mean s, 0, 1); all 1 when mean s <= 0."""
     s = cls_attn.astype(np.float64)  # (n,)
-    mean = s.sum() / len(s)
+    mean = np.cumsum(s)[-1] / len(s)  # summed in row order, as native
     return np.clip(s / mean, 0.0, 1.0) if mean > 0 else np.ones(len(s))
 
 
 def _recover(tokens: Tokens, anchors: np.ndarray, context: np.ndarray, nearest: np.ndarray,
-             w: np.ndarray) -> Output:
-    """Anchors absorb their linked context rows: features by ρ·w·m-weighted mean, masses by w·m."""
+             w: np.ndarray, self_share: float) -> Output:
+    """Anchors absorb their linked context rows: features by ρ·w·m-weighted mean, masses by w·m; an
+    anchor keeps at least `self_share` of its own feature. Every sum runs in native's order (context rows
+    ascending, each row's links best first), so the recovered features are bit-identical to native's and
+    TATCS can choose among them."""
     x = tokens.features.astype(np.float64)  # (n, d)
     m = tokens.masses.astype(np.float64)  # (n,)
     pull = w * _handover_weights(tokens.cls_attn)[context, None] * m[context, None]  # (C, nb)
     n_anchors = len(anchors)  # nearest holds positions 0..M-1 into anchors
-    numerator = m[anchors, None] * x[anchors]  # (M, d)
-    np.add.at(numerator, nearest, pull[..., None] * x[context, None])
-    denominator = m[anchors] + np.bincount(nearest.ravel(), pull.ravel(), minlength=n_anchors)  # (M,)
-    mass = m[anchors] + np.bincount(nearest.ravel(), (w * m[context, None]).ravel(), minlength=n_anchors)  # (M,)
+    own = m[anchors, None] * x[anchors]  # (M, d)
+    numerator = own.copy()  # (M, d)
+    np.add.at(numerator, nearest, pull[..., None] * x[context, None])  # in (row, link) order
+    denominator = m[anchors].copy()  # (M,)
+    np.add.at(denominator, nearest, pull)
+    mass = m[anchors].copy()  # (M,)
+    np.add.at(mass, nearest, w * m[context, None])
+    feature = numerator / denominator[:, None]  # (M, d)
+    absorbed = denominator - m[anchors]  # (M,) ρ·w·m taken in
+    diluted = (m[anchors] < self_share * denominator) & (absorbed > 0)  # own share below the floor
+    if diluted.any():  # f·x_a + (1 - f)·(mean of what it absorbed)
+        mean_absorbed = (numerator[diluted] - own[diluted]) / absorbed[diluted, None]
+        feature[diluted] = self_share * x[anchors[diluted]] + (1.0 - self_share) * mean_absorbed
     assignment = np.full(tokens.n, -1, np.int64)  # anchors: themselves; context: the largest w_ca
     assignment[anchors] = np.arange(n_anchors)
     assignment[context] = np.where(w[:, 0] > 0, nearest[:, 0], -1)  # best first; ties: the lower anchor
-    return Output(anchors, (numerator / denominator[:, None]).astype(np.float32), mass.astype(np.float32),
-                  assignment)
+    return Output(anchors, feature.astype(np.float32), mass.astype(np.float32), assignment)
 
 
 # ---- tatcs -------------------------------------------------------------------------------------
@@ -88,6 +103,8 @@ def tatcs(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     centres, similarity = _greedy_centres(x, _seed_scores(tokens.cls_attn, relevance), n_keep)  # (K,), (K, n)
     cluster = _assign_clusters(centres, similarity, relevance, float32_option(options, "tatcs_text_weight"))
     representative = _reselect(tokens, x, cluster, n_keep, relevance, float32_option(options, "tatcs_relevance_mix"))
+    if int(options["tatcs_reselect"]):
+        return _representatives(tokens, cluster, representative)
     return _merge_into_representatives(tokens, x, cluster, representative)
 
 
@@ -149,6 +166,14 @@ def _reselect(tokens: Tokens, x: np.ndarray, cluster: np.ndarray, n_clusters: in
     return np.array([best_row(score, cluster != k) for k in range(n_clusters)])
 
 
+def _representatives(tokens: Tokens, cluster: np.ndarray, representative: np.ndarray) -> Output:
+    """Each cluster as its representative's own row, with the cluster's total mass."""
+    mass = np.zeros(len(representative))  # (K,) summed in row order, as native
+    np.add.at(mass, cluster, tokens.masses.astype(np.float64))
+    return Output(representative, tokens.features[representative], mass.astype(np.float32),
+                  assignment=np.asarray(cluster, np.int64), used_tatcs=True)
+
+
 def _merge_into_representatives(tokens: Tokens, x: np.ndarray, cluster: np.ndarray,
                                 representative: np.ndarray) -> Output:
     """Cluster → its representative's row: ω_i = m_i·max(0, ⟨x̂_i, x̂_rep⟩), ω_rep = m_rep,
@@ -172,4 +197,15 @@ def dcp(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     shift = kappa(tokens.features, tokens.masses, recovered.features, recovered.masses)
     if np.float32(shift) <= max(np.float32(options["tau"]), KAPPA_NOISE):  # float32, as native
         return recovered
-    return tatcs(tokens, n_keep, seed, options)
+    if int(options["dcp_anchors_per_token"]) == 0:  # TATCS on every input row (the first build's reading)
+        return tatcs(tokens, n_keep, seed, options)
+    n_anchors = min(tokens.n, int(options["dcp_anchors_per_token"]) * n_keep)
+    if n_anchors > n_keep:
+        recovered = anchor_context_recovery(tokens, n_anchors, options)
+    anchors = recovered.rows  # (M,) ascending
+    on_anchors = Tokens(features=recovered.features, cls_attn=tokens.cls_attn[anchors], keys=None,
+                        masses=recovered.masses, patch_idx=tokens.patch_idx[anchors], text=tokens.text,
+                        grid=tokens.grid)
+    clustered = tatcs(on_anchors, n_keep, seed, options)  # over the M recovered anchors
+    assignment = np.where(recovered.assignment >= 0, clustered.assignment[np.maximum(recovered.assignment, 0)], -1)
+    return Output(anchors[clustered.rows], clustered.features, clustered.masses, assignment, used_tatcs=True)

@@ -396,7 +396,8 @@ merged_tokens merge_into_representatives(const dcp_tokens & t, const unit_set & 
 // TATCS on all input rows with n_clusters clusters (contract in prune.h); x = feature_unit_rows(t).
 merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clusters, const dcp_options & o,
                                            const unit_set & x) {
-    const std::vector<double> relevance = normalised_relevance(t, x);
+    const std::vector<double> relevance = o.tatcs_use_text ? normalised_relevance(t, x)
+                                                           : std::vector<double>(size_t(t.n_tokens), 1.0);
     const cluster_centres centres = greedy_centres(x, seed_scores(t, relevance), n_clusters);
     const index_list cluster = assign_clusters(centres, relevance, o.tatcs_text_weight);
     const index_list representative =

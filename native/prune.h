@@ -144,7 +144,8 @@ enum dcp_method {
     DCP_METHOD_ACGR = 7,
     // TATCS (Text-Aware Token Cluster Selection), n_keep clusters of all input rows, x̂ = unit
     // feature rows. s̃ = s / max s (1 when max s <= 0); relevance r_i = max_j cos(x̂_i, text_j),
-    // r̃ = (r - min r) / (max r - min r), all 1 without text or when max == min; seed score
+    // r̃ = (r - min r) / (max r - min r), all 1 without text, when max == min, or when
+    // options.tatcs_use_text = 0; seed score
     // g = s̃·r̃ (all 1 when max g <= 0).
     // Centres: first argmax g; with D_i = min over centres c of 1 - cos(x̂_i, x̂_c), next = the
     // non-centre maximising D_i·(½ + ½·g_i / max g), or, when that maximum is <= 0 (only
@@ -205,6 +206,7 @@ struct dcp_options {
     float   acgr_min_similarity;
     int32_t dcp_anchors_per_token;
     int32_t tatcs_reselect;
+    int32_t tatcs_use_text;
 };
 
 struct dcp_prune_params {

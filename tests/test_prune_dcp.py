@@ -64,6 +64,7 @@ dcp_options = st.fixed_dictionaries({
     "acgr_min_similarity": st.sampled_from([-1.0, 0.0, 0.5]),
     "dcp_anchors_per_token": st.sampled_from([0, 1, 4, 64]),
     "tatcs_reselect": st.sampled_from([0, 1]),
+    "tatcs_use_text": st.sampled_from([0, 1]),
 })
 
 
@@ -271,10 +272,13 @@ def test_tatcs_selects_the_token_most_relevant_to_the_text(impl, n_keep):
     assert 23 in kept.indices
 
 
-def test_tatcs_without_text_is_the_empty_question():
+def test_tatcs_without_text_is_the_empty_question_and_text_free_tatcs():
     features, cls_attn, _ = clustered_image()
     no_text = select(features, cls_attn, n_keep=16, method="tatcs")
     assert_same_tokens(no_text, select(features, cls_attn, n_keep=16, method="tatcs", text=np.zeros((0, 64))))
+    question = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    assert_same_tokens(no_text, select(features, cls_attn, n_keep=16, method="tatcs", text=question,
+                                       options={"tatcs_use_text": 0}))
 
 
 # ---- dcp -----------------------------------------------------------------------------------

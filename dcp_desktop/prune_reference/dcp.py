@@ -99,7 +99,7 @@ def _recover(tokens: Tokens, anchors: np.ndarray, context: np.ndarray, nearest: 
 
 def tatcs(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     x = exact_unit_rows(tokens.features)  # (n, d)
-    relevance = _normalised_relevance(tokens, x)  # (n,)
+    relevance = _normalised_relevance(tokens, x) if int(options["tatcs_use_text"]) else np.ones(tokens.n)  # (n,)
     centres, similarity = _greedy_centres(x, _seed_scores(tokens.cls_attn, relevance), n_keep)  # (K,), (K, n)
     cluster = _assign_clusters(centres, similarity, relevance, float32_option(options, "tatcs_text_weight"))
     representative = _reselect(tokens, x, cluster, n_keep, relevance, float32_option(options, "tatcs_relevance_mix"))

@@ -305,7 +305,7 @@ def test_kappa_gate_forms_and_simulated_gate():
     one = kappa_gate.kappa_forms(full, full[:1], np.array([50.0]))
     assert one["coverage"] > 0 and one["spread"] > 1 and one["shift_spread"] == pytest.approx(one["shift"] + one["spread"])
     kappa, acgr, tatcs = np.array([0.1, 0.5, 0.9]), np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0])
-    assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, 0.5) == 1.0  # TATCS only where κ > 0.5
+    assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, 0.5) == pytest.approx(2.5 / 3)  # TATCS only where κ > 0.5
     assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, -np.inf) == 0.5  # always TATCS
     result = kappa_gate.analyse({"shift": kappa}, np.ones(3), acgr, tatcs)["shift"]
     assert result["spearman_loss"] == pytest.approx(1.0) and result["spearman_tatcs_gain"] == pytest.approx(1.0)

@@ -122,7 +122,7 @@ def tatcs_on_recovered_anchors(tokens: dict, n_keep: int, options: dict, impl: s
     """What dcp's second stage must equal, composed from the public methods: acgr with M anchors, then
     tatcs on its output (recovered features, masses, the anchors' attention and patches, no keys)."""
     n_tokens = len(tokens["features"])
-    n_anchors = min(n_tokens, int(options.get("dcp_anchors_per_token", 4)) * n_keep)
+    n_anchors = min(n_tokens, int(options["dcp_anchors_per_token"]) * n_keep)
     recovered = select(**tokens, n_keep=n_anchors, method="acgr", options=options, impl=impl)
     patches = tokens["patch_idx"] if tokens.get("patch_idx") is not None else np.arange(n_tokens)
     rows = np.searchsorted(patches, recovered.indices)  # (M,) the anchors' input rows
@@ -268,7 +268,7 @@ def test_tatcs_selects_the_token_most_relevant_to_the_text(impl, n_keep):
     cls_attn = make_cls_attn("all_equal", rng, 36)
     cls_attn[23] /= 10  # so it is not the first centre: reselection must find it
     kept = select(features, cls_attn, n_keep=n_keep, method="tatcs", grid=(6, 6), text=question,
-                  options={"tatcs_relevance_mix": 1.0}, impl=impl)
+                  options={"tatcs_relevance_mix": 1.0, "tatcs_use_text": 1}, impl=impl)
     assert 23 in kept.indices
 
 
@@ -289,9 +289,10 @@ def test_dcp_reclusters_the_recovered_anchors_when_acgr_drifts(impl):
     features, cls_attn, _ = clustered_image()
     tokens = dict(features=features, cls_attn=cls_attn, grid=(24, 24))
     acgr = select(**tokens, n_keep=16, method="acgr", impl=impl)
-    dcp = select(**tokens, n_keep=16, method="dcp", impl=impl, options={"tau": 0.0})
+    options = {"tau": 0.0, "dcp_anchors_per_token": 4}
+    dcp = select(**tokens, n_keep=16, method="dcp", impl=impl, options=options)
     assert dcp.used_tatcs and dcp.kappa < acgr.kappa
-    assert_same_tokens(dcp, tatcs_on_recovered_anchors(tokens, 16, {"tau": 0.0}, impl))
+    assert_same_tokens(dcp, tatcs_on_recovered_anchors(tokens, 16, options, impl))
     anchors = np.sort(np.argsort(-cls_attn, kind="stable")[:64])  # M = 4·K, the top attention
     assert np.isin(dcp.indices, anchors).all()
 
@@ -315,7 +316,8 @@ def test_dcp_native_matches_reference_on_ties_at_full_size(impl, n_keep, kind):
     features = make_dcp_features(kind, rng, 576, 24)
     cls_attn = make_cls_attn("softmax", rng, 576)
     text = make_dcp_features("normal", rng, 3, 24)
-    for options in ({"tau": 0.0}, {"tau": 0.0, "tatcs_reselect": 0, "acgr_min_similarity": -1.0}):
+    for options in ({"tau": 0.0}, {"tau": 0.0, "dcp_anchors_per_token": 4, "tatcs_use_text": 1},
+                    {"tau": 0.0, "tatcs_reselect": 0, "acgr_min_similarity": -1.0, "dcp_anchors_per_token": 2}):
         native = select(features, cls_attn, n_keep=n_keep, method="dcp", text=text, options=options)
         assert_same_tokens(native, select(features, cls_attn, n_keep=n_keep, method="dcp", text=text,
                                           options=options, impl="reference"))

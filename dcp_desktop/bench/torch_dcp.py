@@ -70,7 +70,8 @@ def tatcs(x, s, text, masses, n_keep: int, options: dict):
     n = len(x)
     xh = _unit(x)
     s_tilde = s / s.max() if s.max() > 0 else torch.ones_like(s)
-    r = _minmax((xh @ _unit(text).T).max(1).values) if text is not None else torch.ones(n, dtype=x.dtype)
+    use_text = text is not None and len(text) and int(options["tatcs_use_text"])
+    r = _minmax((xh @ _unit(text).T).max(1).values) if use_text else torch.ones(n, dtype=x.dtype)
     g = s_tilde * r
     g = g if g.max() > 0 else torch.ones_like(g)
     centres = [int(torch.argmax(g))]

@@ -5,7 +5,35 @@ so every score that is compared replays native's arithmetic bit for bit:
 - unit rows (`exact_unit_rows`): the norm summed by `dot_f64` (float64, 8 lanes), then x·(1/norm)
   rounded to float32;
 - cosines of unit rows (`cosines`): float32 products summed by `lane_dot` in 16 lanes, then float64;
-- everything after a cosine in float64, with math.exp (libm, as native) for the spatial kernel.
+- everything after a cosine in float64, with math.exp (libm, as native) for the spatial kernel;
+- ACGR's recovery sums in native's order (own term, then context rows ascending, links best first), so
+  the recovered features are bit-identical too and TATCS can choose among them.
+
+Spec decisions of the second build (DESIGN.md, "DCP-Prune as we build it"), each a paired ablation on
+the demo model's validation split (100 images × 4 questions, mass bias on; docs/dcp-prune.md has the
+table; "points" are accuracy points at 16 / 32 tokens against the first build's DCP):
+- The LLM sees each token's mass (--mass-bias on, ln m_k on its attention logits): +6.2 / +6.2 points
+  for dcp, +7.0 / +9.5 for divprune, +6.0 / +9.5 for cdpruner (all p < 0.001); so every method returns
+  masses, selection methods by giving each dropped patch to its nearest kept token.
+- TATCS re-clusters the input tokens, not ACGR's recovered anchors (dcp_anchors_per_token = 0). The
+  figure's sequence, TATCS on a·K recovered anchors, loses more the fewer anchors it has: a = 2:
+  -13.0 / -2.8, a = 4: -3.2 / +0.2, a = 8: +1.2 / +2.5, the input tokens: +2.0 / +2.8. Anchors chosen by
+  [CLS] attention miss image regions, and recovery cannot bring back what no anchor resembles.
+- TATCS re-selects one real token per cluster, with the cluster's mass (tatcs_reselect = 1): against
+  merging the cluster into its representative, +1.2 / +1.5 points (p 0.38 / 0.03).
+- No text term (tatcs_use_text = 0). The relevance of the named object's patches has a median AUC of
+  0.18 over all question tokens, 0.14 over colour and shape words only, 0.12 in the LLM's space
+  (159 validation questions; [CLS] attention: 0.93), below chance, so by the rule (AUC >= 0.6) it is not
+  a text signal. Dropping it cost -0.8 / -2.8 points (p 0.72 / 0.05): it shapes the clusters in a way
+  that helps a little, but not by finding what the question asks about.
+- κ and τ: at 16 and 32 tokens κ after ACGR is above τ = 0.2 on every validation image (its minimum is
+  0.68 / 0.50), and TATCS beat ACGR's tokens on 62 images against 1 (16) and 41 against 10 (32): no τ
+  does better than always re-selecting, so ACGR never shapes the answer at these budgets. κ's
+  within-cell Spearman with ACGR's accuracy loss is 0.20 / 0.45 (with masses; without them about 0).
+- ACGR's anchors keep at least half of their own feature (acgr_self_share = 0.5; with 0, -1.5 points
+  at 32 tokens under anchor-TATCS, p 0.42), and a link needs a positive cosine (acgr_min_similarity = 0:
+  no link on proximity alone; the same answers as -1 on the demo model, whose features have no negative
+  cosines). Both act only where ACGR's tokens are kept.
 Sums that only shape output features and masses need not replay native's order.
 """
 

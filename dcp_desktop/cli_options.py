@@ -82,9 +82,10 @@ def add_pruning_options(group, *, single_budget: bool) -> None:
                        help="tokens kept inside the encoder with --acgr-layer (default 4 x the budget)")
     group.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
                        help="set a pruning knob, e.g. tau=0.3 (repeatable); knobs: " + ", ".join(DEFAULT_OPTIONS))
-    group.add_argument("--mass-bias", choices=("on", "off"), default="off",
+    group.add_argument("--mass-bias", choices=("on", "off"), default="on",
                        help="let the LLM weigh each kept token by how many patches it stands for (ln m_k added to "
-                            "the attention toward it, in every layer; default off)")
+                            "the attention toward it, in every layer; default on; off needs no attention bias in "
+                            "llama.cpp)")
     group.add_argument("--positions", default="grid", choices=POSITIONS,
                        help="where the kept image tokens sit in the LLM's sequence: 'grid' (default) gives each "
                             "the position its patch has in the full 576-token image, so the question sees the "

@@ -235,6 +235,10 @@ dcp_status prune_visionzip(const dcp_tokens & t, const dcp_prune_params & p, dcp
     const int32_t n_ctx = p.n_keep - n_dom;
     const size_t d = size_t(t.n_dim);
     index_list rows = top_k(t.cls_attn, t.n_tokens, n_dom);  // dominant, then contextual targets
+    if (n_ctx == 0) {
+        emit_selection(t, rows, out);  // the dominant rows; the rest join them
+        return DCP_STATUS_OK;
+    }
     std::vector<float> features(size_t(p.n_keep) * d), masses(size_t(p.n_keep));
     for (size_t k = 0; k < size_t(n_dom); ++k) {
         std::memcpy(features.data() + k * d, t.features + size_t(rows[k]) * d, d * sizeof(float));
@@ -244,19 +248,17 @@ dcp_status prune_visionzip(const dcp_tokens & t, const dcp_prune_params & p, dcp
     for (size_t k = 0; k < size_t(n_dom); ++k) {
         local[size_t(rows[k])] = int32_t(k);
     }
-    if (n_ctx > 0) {
-        const index_list rest = rows_except(rows, t.n_tokens);
-        const index_list target_pos = spread_targets(rest.size(), n_ctx);
-        const row_set semantic = t.keys ? row_set(t.keys, t.n_tokens, t.n_dim_keys)
-                                        : row_set(t.features, t.n_tokens, t.n_dim);
-        const index_list cluster = nearest_targets(semantic, rest, target_pos);
-        merge_clusters(t, rest, cluster, n_ctx, features.data() + size_t(n_dom) * d, masses.data() + n_dom);
-        for (int32_t position : target_pos) {
-            rows.push_back(rest[size_t(position)]);
-        }
-        for (size_t q = 0; q < rest.size(); ++q) {
-            local[size_t(rest[q])] = n_dom + cluster[q];
-        }
+    const index_list rest = rows_except(rows, t.n_tokens);
+    const index_list target_pos = spread_targets(rest.size(), n_ctx);
+    const row_set semantic = t.keys ? row_set(t.keys, t.n_tokens, t.n_dim_keys)
+                                    : row_set(t.features, t.n_tokens, t.n_dim);
+    const index_list cluster = nearest_targets(semantic, rest, target_pos);
+    merge_clusters(t, rest, cluster, n_ctx, features.data() + size_t(n_dom) * d, masses.data() + n_dom);
+    for (int32_t position : target_pos) {
+        rows.push_back(rest[size_t(position)]);
+    }
+    for (size_t q = 0; q < rest.size(); ++q) {
+        local[size_t(rest[q])] = n_dom + cluster[q];
     }
     emit_merged(t, rows, features, masses, local, out);
     return DCP_STATUS_OK;

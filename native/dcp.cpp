@@ -25,38 +25,6 @@ namespace {
 // the two implementations' κ may differ at that level, so it must not decide between stages.
 constexpr float k_kappa_noise = 1e-4f;
 
-// ---- replayable arithmetic -------------------------------------------------------------------
-
-// ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
-double cosine_f32(const float * a, const float * b, size_t n) {
-    return double(lane_dot<float, 16>(a, b, n));
-}
-
-// Row-major float32 unit rows.
-struct unit_set {
-    std::vector<float> data;  // (n_rows, n_cols)
-    size_t             n_cols;
-
-    const float * row(int32_t i) const { return data.data() + size_t(i) * n_cols; }
-};
-
-// Rows of float32 or double scaled to unit length, bit-identical to the NumPy twin; all-zero
-// rows stay zero.
-template <typename T>
-unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
-    const size_t d = size_t(n_cols);
-    unit_set unit{std::vector<float>(size_t(n_rows) * d), d};
-    for (size_t i = 0; i < size_t(n_rows); ++i) {
-        const T * row = x + i * d;
-        const double norm = std::sqrt(dot_f64(row, row, d));
-        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
-        for (size_t j = 0; j < d; ++j) {
-            unit.data[i * d + j] = float(double(row[j]) * scale);
-        }
-    }
-    return unit;
-}
-
 unit_set feature_unit_rows(const dcp_tokens & t) {
     return exact_unit_rows(t.features, t.n_tokens, t.n_dim);
 }
@@ -143,12 +111,15 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
     return r;
 }
 
-// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel, for every anchor a.
+// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where the cosine exceeds min_similarity, else
+// -inf (no link on proximity alone), for every anchor a.
 void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
-                       const spatial_kernel & spatial, int32_t row, std::vector<double> & affinity) {
+                       const spatial_kernel & spatial, double min_similarity, int32_t row,
+                       std::vector<double> & affinity) {
     for (size_t a = 0; a < anchors.size(); ++a) {
-        affinity[a] = cosine_f32(u.row(row), u.row(anchors[a]), u.n_cols)
-                    + spatial(patch_of(t, row), patch_of(t, anchors[a]));
+        const double semantic = cosine_f32(u.row(row), u.row(anchors[a]), u.n_cols);
+        affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
+                                                : -k_infinity;
     }
 }
 
@@ -180,14 +151,23 @@ int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<
     return n_links;
 }
 
+// Feature = numerator / denominator, except that an anchor whose own share m_a / denominator fell
+// below f = self_share becomes f·x_a + (1 - f)·(mean of what it absorbed).
 merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, const recovery & r,
-                              index_list local) {
+                              double self_share, index_list local) {
     const size_t d = size_t(t.n_dim);
     merged_tokens out{anchors, std::vector<float>(anchors.size() * d), std::vector<float>(anchors.size()),
                       std::move(local)};
     for (size_t a = 0; a < anchors.size(); ++a) {
+        const double m = mass_of(t, anchors[a]);
+        const double absorbed = r.denominator[a] - m;
+        const float * x = t.features + size_t(anchors[a]) * d;
+        const double * numerator = r.numerator.data() + a * d;
+        const bool diluted = m < self_share * r.denominator[a] && absorbed > 0.0;
         for (size_t j = 0; j < d; ++j) {
-            out.features[a * d + j] = float(r.numerator[a * d + j] / r.denominator[a]);
+            out.features[a * d + j] = diluted
+                ? float(self_share * double(x[j]) + (1.0 - self_share) * ((numerator[j] - m * double(x[j])) / absorbed))
+                : float(numerator[j] / r.denominator[a]);
         }
         out.masses[a] = float(r.mass[a]);
     }
@@ -220,14 +200,14 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
         if (is_anchor[size_t(row)]) {
             continue;
         }
-        anchor_affinities(t, u, anchors, spatial, row, affinity);
+        anchor_affinities(t, u, anchors, spatial, o.acgr_min_similarity, row, affinity);
         std::iota(order.begin(), order.end(), 0);
         std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
         if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
             local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
         }
     }
-    return finish_recovery(t, anchors, r, std::move(local));
+    return finish_recovery(t, anchors, r, o.acgr_self_share, std::move(local));
 }
 
 // ---- tatcs -----------------------------------------------------------------------------------
@@ -370,6 +350,21 @@ index_list reselect(const dcp_tokens & t, const unit_set & x, const index_list &
     return representative;
 }
 
+// Each cluster as its representative's own row, with the cluster's total mass (summed in row order).
+merged_tokens representatives(const dcp_tokens & t, const index_list & cluster, const index_list & representative) {
+    const size_t d = size_t(t.n_dim), n_clusters = representative.size();
+    std::vector<double> mass(n_clusters, 0.0);
+    for (int32_t i = 0; i < t.n_tokens; ++i) {
+        mass[size_t(cluster[size_t(i)])] += mass_of(t, i);
+    }
+    merged_tokens out{representative, std::vector<float>(n_clusters * d), std::vector<float>(n_clusters), cluster};
+    for (size_t k = 0; k < n_clusters; ++k) {
+        std::copy_n(t.features + size_t(representative[k]) * d, d, out.features.begin() + std::ptrdiff_t(k * d));
+        out.masses[k] = float(mass[k]);
+    }
+    return out;
+}
+
 // Each cluster merged into its representative: ω_i = m_i·max(0, ⟨x̂_i, x̂_rep⟩), ω_rep = m_rep,
 // feature = Σ ω_i·x_i / Σ ω_i, mass = Σ m_i.
 merged_tokens merge_into_representatives(const dcp_tokens & t, const unit_set & x, const index_list & cluster,
@@ -401,12 +396,14 @@ merged_tokens merge_into_representatives(const dcp_tokens & t, const unit_set & 
 // TATCS on all input rows with n_clusters clusters (contract in prune.h); x = feature_unit_rows(t).
 merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clusters, const dcp_options & o,
                                            const unit_set & x) {
-    const std::vector<double> relevance = normalised_relevance(t, x);
+    const std::vector<double> relevance = o.tatcs_use_text ? normalised_relevance(t, x)
+                                                           : std::vector<double>(size_t(t.n_tokens), 1.0);
     const cluster_centres centres = greedy_centres(x, seed_scores(t, relevance), n_clusters);
     const index_list cluster = assign_clusters(centres, relevance, o.tatcs_text_weight);
     const index_list representative =
         reselect(t, x, cluster, size_t(n_clusters), relevance, o.tatcs_relevance_mix);
-    return merge_into_representatives(t, x, cluster, representative);
+    return o.tatcs_reselect ? representatives(t, cluster, representative)
+                            : merge_into_representatives(t, x, cluster, representative);
 }
 
 void emit(const dcp_tokens & t, const merged_tokens & m, dcp_selection & out) {
@@ -430,16 +427,49 @@ dcp_status prune_tatcs(const dcp_tokens & t, const dcp_prune_params & p, dcp_sel
 
 dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
     const unit_set semantic = semantic_unit_rows(t);
-    const merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
+    merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
     const float kappa = dcp_kappa(t.features, t.masses_in, t.n_tokens, recovered.features.data(),
                                   recovered.masses.data(), p.n_keep, t.n_dim);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
         emit(t, recovered, out);
         return DCP_STATUS_OK;
     }
-    // Without keys, ACGR's unit rows are TATCS's unit feature rows: reuse them.
-    emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
-                   : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
+    if (p.options.dcp_anchors_per_token == 0) {  // TATCS on every input row (the first build's reading)
+        emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
+                       : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
+        out.used_tatcs = true;
+        return DCP_STATUS_OK;
+    }
+    // TATCS re-clusters the recovered anchors of a wider ACGR (M = anchors_per_token·K of them).
+    const int32_t n_anchors = int32_t(std::min<int64_t>(t.n_tokens, int64_t(p.options.dcp_anchors_per_token) * p.n_keep));
+    if (n_anchors > p.n_keep) {
+        recovered = anchor_context_recovery(t, n_anchors, p.options, semantic);
+    }
+    const index_list & anchors = recovered.rows;
+    std::vector<float> anchor_attn(anchors.size());
+    index_list anchor_patch(anchors.size());
+    for (size_t a = 0; a < anchors.size(); ++a) {
+        anchor_attn[a] = t.cls_attn[anchors[a]];
+        anchor_patch[a] = patch_of(t, anchors[a]);
+    }
+    dcp_tokens on_anchors = t;
+    on_anchors.features = recovered.features.data();
+    on_anchors.cls_attn = anchor_attn.data();
+    on_anchors.keys = nullptr;
+    on_anchors.masses_in = recovered.masses.data();
+    on_anchors.patch_idx = anchor_patch.data();
+    on_anchors.n_tokens = int32_t(anchors.size());
+    merged_tokens clustered = text_aware_cluster_selection(on_anchors, p.n_keep, p.options,
+                                                           feature_unit_rows(on_anchors));
+    for (int32_t & row : clustered.rows) {
+        row = anchors[size_t(row)];  // anchor position → input row
+    }
+    index_list local(size_t(t.n_tokens), -1);  // input row → its anchor → that anchor's cluster
+    for (size_t i = 0; i < local.size(); ++i) {
+        local[i] = recovered.local[i] >= 0 ? clustered.local[size_t(recovered.local[i])] : -1;
+    }
+    clustered.local = std::move(local);
+    emit(t, clustered, out);
     out.used_tatcs = true;
     return DCP_STATUS_OK;
 }

@@ -64,7 +64,9 @@ constexpr uint32_t used_by(dcp_method a, dcp_method b) { return used_by(a) | use
 constexpr double k_finite = FLT_MAX;  // as a maximum: any finite float32
 
 // The DCP-Prune knobs were chosen on the validation split with the demo model
-// (python -m dcp_desktop.eval.calibrate; docs/results/calibration-validation.md).
+// (python -m dcp_desktop.eval.calibrate; docs/results/calibration-validation.md); the four added with
+// the second build (acgr_self_share, acgr_min_similarity, dcp_anchors_per_token, tatcs_reselect) and
+// tatcs_use_text by the paired ablations in docs/dcp-prune.md (reasons in prune_reference/dcp.py).
 constexpr option_row k_options[] = {
     {{"acgr_n_neighbors", DCP_OPTION_TYPE_INT32, 4, 1, false, INT32_MAX,
       used_by(DCP_METHOD_ACGR, DCP_METHOD_DCP), "anchors each context token links to"},
@@ -84,6 +86,21 @@ constexpr option_row k_options[] = {
     {{"tatcs_relevance_mix", DCP_OPTION_TYPE_FLOAT, 0.5, 0, false, 1,
       used_by(DCP_METHOD_TATCS, DCP_METHOD_DCP), "reselection: relevance (1) vs centrality (0)"},
      &dcp_options::tatcs_relevance_mix, nullptr},
+    {{"acgr_self_share", DCP_OPTION_TYPE_FLOAT, 0.5, 0, false, 1,
+      used_by(DCP_METHOD_ACGR, DCP_METHOD_DCP), "the least share of its own feature an anchor keeps"},
+     &dcp_options::acgr_self_share, nullptr},
+    {{"acgr_min_similarity", DCP_OPTION_TYPE_FLOAT, 0.0, -1, false, 1,
+      used_by(DCP_METHOD_ACGR, DCP_METHOD_DCP), "a context token links only to anchors more cosine-similar than this"},
+     &dcp_options::acgr_min_similarity, nullptr},
+    {{"dcp_anchors_per_token", DCP_OPTION_TYPE_INT32, 0, 0, false, 64,
+      used_by(DCP_METHOD_DCP), "TATCS re-clusters this many recovered anchors per kept token (0: all input rows)"},
+     nullptr, &dcp_options::dcp_anchors_per_token},
+    {{"tatcs_reselect", DCP_OPTION_TYPE_INT32, 1, 0, false, 1,
+      used_by(DCP_METHOD_TATCS, DCP_METHOD_DCP), "1: each cluster is its representative's own row; 0: their merged mean"},
+     nullptr, &dcp_options::tatcs_reselect},
+    {{"tatcs_use_text", DCP_OPTION_TYPE_INT32, 0, 0, false, 1,
+      used_by(DCP_METHOD_TATCS, DCP_METHOD_DCP), "1: the question's relevance shapes the clusters; 0: text-free"},
+     nullptr, &dcp_options::tatcs_use_text},
     // VisionZip's own split: 54 dominant + 10 contextual of 64.
     {{"visionzip_dominant_ratio", DCP_OPTION_TYPE_FLOAT, 54.0 / 64.0, 0, false, 1,
       used_by(DCP_METHOD_VISIONZIP), "share of n_keep kept as dominant tokens"},

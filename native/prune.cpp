@@ -39,17 +39,41 @@ index_list top_k(const float * score, int32_t n, int32_t k) {
 
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out) {
     std::sort(rows.begin(), rows.end());  // patch_idx ascends with the row, so this is patch order
-    const size_t d = size_t(t.n_dim);
-    for (size_t k = 0; k < rows.size(); ++k) {
+    const size_t d = size_t(t.n_dim), n_kept = rows.size();
+    index_list token(size_t(t.n_tokens), -1);  // (N,) input row → output token
+    for (size_t k = 0; k < n_kept; ++k) {
+        token[size_t(rows[k])] = int32_t(k);
+    }
+    std::vector<double> mass(n_kept);  // (K,) own mass, then each dropped row's, in row order
+    for (size_t k = 0; k < n_kept; ++k) {
+        mass[k] = mass_of(t, rows[k]);
+    }
+    if (n_kept < size_t(t.n_tokens)) {
+        const unit_set x = exact_unit_rows(t.features, t.n_tokens, t.n_dim);
+        for (int32_t i = 0; i < t.n_tokens; ++i) {
+            if (token[size_t(i)] >= 0) {
+                continue;
+            }
+            size_t nearest = 0;
+            double best = cosine_f32(x.row(i), x.row(rows[0]), d);
+            for (size_t k = 1; k < n_kept; ++k) {
+                const double similarity = cosine_f32(x.row(i), x.row(rows[k]), d);
+                if (similarity > best) {
+                    best = similarity;
+                    nearest = k;
+                }
+            }
+            token[size_t(i)] = int32_t(nearest);
+            mass[nearest] += mass_of(t, i);
+        }
+    }
+    for (size_t k = 0; k < n_kept; ++k) {
         out.kept_idx[k] = patch_of(t, rows[k]);
         std::memcpy(out.features + k * d, t.features + size_t(rows[k]) * d, d * sizeof(float));
-        out.masses[k] = mass_of(t, rows[k]);
+        out.masses[k] = float(mass[k]);
     }
     if (out.assignment) {
-        std::fill(out.assignment, out.assignment + t.n_tokens, -1);
-        for (size_t k = 0; k < rows.size(); ++k) {
-            out.assignment[rows[k]] = int32_t(k);
-        }
+        std::copy(token.begin(), token.end(), out.assignment);
     }
 }
 

@@ -22,14 +22,18 @@
 //   kept_idx   int32   [n_keep]: the grid patch each output token sits on, strictly ascending.
 //   features   float32 [n_keep × n_dim] (output), row-major, row k belongs to kept_idx[k].
 //   masses     float32 [n_keep]: how many original patches each output token stands for.
-//              Selection methods copy the input mass; merging methods add up what they merge.
+//              Merging methods add up what they merge. Selection methods (full, fastervlm, random,
+//              divprune, cdpruner, visionzip with n_ctx == 0) keep their rows' features, and every
+//              row they drop joins the kept row its feature is most cosine-similar to (unit rows and
+//              cosines as for ACGR below; ties: the lower kept row): a kept token's mass is its input
+//              mass plus theirs, summed in double in row order, so the masses add up to the input's.
 //   assignment int32   [n_tokens] (output, optional: NULL skips it): for each input row, the output
 //              token (index into the n_keep outputs, in output order) it ended up in, -1 if dropped.
-//              Selection methods (full, fastervlm, random, divprune, cdpruner): kept rows map to
-//              their own token, every other row -1. pool: each patch maps to its cell; a patch in
+//              Selection methods: kept rows map to their own token, every other row to the kept
+//              row it joined (see masses). pool: each patch maps to its cell; a patch in
 //              several overlapping cells maps to the first of them in raster order of cells.
 //              visionzip: dominant rows map to themselves, contextual rows to their target's
-//              token (with n_ctx == 0 they are -1). acgr: anchors map to themselves, each context
+//              token (with n_ctx == 0: as a selection). acgr: anchors map to themselves, each context
 //              row to the anchor with its largest edge weight w_ca (ties: the lower anchor row),
 //              a row with no counted link -1. tatcs: every row maps to its cluster's token. dcp:
 //              as the stage it returned (acgr or tatcs).
@@ -70,7 +74,7 @@ enum dcp_method {
     // integer division). Output in raster order of cells.
     DCP_METHOD_POOL = 1,
     // FasterVLM: the n_keep tokens with the largest cls_attn; ties go to the lower index.
-    // Needs cls_attn. Features and input masses copied.
+    // Needs cls_attn. Features copied; masses as for every selection (see masses above).
     DCP_METHOD_FASTERVLM = 2,
     // Uniform random subset, reproducible from params.seed. Generator: splitmix64 with
     //   state = seed;
@@ -80,7 +84,8 @@ enum dcp_method {
     //           return z ^ (z >> 31);          (all arithmetic mod 2^64)
     // Partial Fisher–Yates over perm = [0, 1, ..., n_tokens-1]:
     //   for i in 0 .. n_keep-1: j = i + next() % (n_tokens - i); swap(perm[i], perm[j]);
-    // kept rows = perm[0 .. n_keep-1], output in patch order. Features and input masses copied.
+    // kept rows = perm[0 .. n_keep-1], output in patch order. Features copied; masses as for
+    // every selection (see masses above).
     DCP_METHOD_RANDOM = 3,
     // VisionZip, DivPrune and CDPruner compare tokens by cosine similarity computed in double
     // from the raw rows (a zero row has cosine 0 with everything; a row and its duplicate have
@@ -89,18 +94,18 @@ enum dcp_method {
     // VisionZip: dominant tokens by cls_attn + contextual tokens merged by similarity. Needs
     // cls_attn. n_dom = min(n_keep, max(1, floor(n_keep * r + 0.5))) with
     // r = options.visionzip_dominant_ratio, n_ctx = n_keep - n_dom. Dominant: the n_dom rows with
-    // the largest cls_attn (as fastervlm), features and input masses copied. The other rows R
+    // the largest cls_attn (as fastervlm), features copied, input masses kept. The other rows R
     // (ascending, |R| = n_tokens - n_dom), when n_ctx > 0: targets R[floor(i * |R| / n_ctx)] for
     // i = 0 .. n_ctx-1 (uniform spacing); every other row of R joins the target it is most
     // cosine-similar to, on keys when given, else features (ties: the lower target row).
     // Contextual token = mass-weighted mean feature of its target and the rows that joined it,
     // mass = their total mass, kept_idx = the target's patch. With n_ctx > 0 the output masses
-    // add up to the input's; with n_ctx == 0 the rows of R are dropped.
+    // add up to the input's; with n_ctx == 0 it is a selection of the dominant rows (masses above).
     DCP_METHOD_VISIONZIP = 4,
     // DivPrune: greedy max-min diversity on the cosine distance 1 - cos of features (keys are
     // not used). First pick: the row least cosine-similar to the mean of the unit feature rows.
     // Then, until n_keep are picked: the unpicked row whose smallest distance to the picked rows
-    // is largest. Features and input masses copied.
+    // is largest. Features copied; masses as for every selection (see masses above).
     DCP_METHOD_DIVPRUNE = 5,
     // CDPruner: greedy MAP of a relevance-weighted DPP. Quality w_i = 1 without text (NULL or
     // n_text == 0); with text, r_i = max_j cos(features_i, text_j), r̃ = (r - min r) / (max r - min r)
@@ -110,7 +115,7 @@ enum dcp_method {
     // row with the largest d2. If d2_j < 1e-10 the kernel is exhausted (duplicates, zero rows,
     // n_keep > rank): the remaining picks are the unpicked rows by w descending; stop. Else pick
     // j and, for every unpicked i, e_i = (L_ji - ⟨c_j, c_i⟩) / sqrt(d2_j), append e_i to c_i,
-    // d2_i -= e_i². Features and input masses copied.
+    // d2_i -= e_i². Features copied; masses as for every selection (see masses above).
     DCP_METHOD_CDPRUNER = 6,
     // ACGR, TATCS and DCP-Prune share these rules. s = cls_attn (needed), m_i = input mass,
     // (row_i, col_i) = grid position of token i's patch. Every dot product below is summed in
@@ -122,34 +127,45 @@ enum dcp_method {
     //
     // ACGR (Anchor-Context Graph Recovery): anchors A = the n_keep rows of largest s (as
     // fastervlm); context C = the other rows. u = unit rows of keys when given, else features.
-    // affinity(c, a) = cos(u_c, u_a) + λ·(g(|row_c - row_a|)·g(|col_c - col_a|)),
+    // affinity(c, a) = cos(u_c, u_a) + λ·(g(|row_c - row_a|)·g(|col_c - col_a|)) where
+    // cos(u_c, u_a) > options.acgr_min_similarity, else -inf (no link on proximity alone);
     // g(k) = exp(-k² / (2σ²)) (libm), so λ·exp(-(grid distance)² / (2σ²)) up to rounding;
     // λ = options.acgr_spatial_weight, σ = options.acgr_spatial_sigma. Each context row links to
     // its min(options.acgr_n_neighbors, n_keep) anchors of highest affinity (ties: the lower
     // anchor row); only links with affinity > 0 count, with w_ca = affinity / Σ of c's counted
-    // affinities (a row with none is dropped). ρ_c = clamp(s_c / mean s, 0, 1) (1 when
-    // mean s <= 0). Anchor a keeps its row, with feature (m_a·x_a + Σ_c w_ca·ρ_c·m_c·x_c) /
-    // (m_a + Σ_c w_ca·ρ_c·m_c) and mass m_a + Σ_c w_ca·m_c: the masses add up to the input's,
-    // less the dropped rows' (none when λ > 0 and no cosine is negative). n_keep == n_tokens
-    // returns the input.
+    // affinities, summed best first (a row with none is dropped). ρ_c = clamp(s_c / mean s, 0, 1)
+    // (1 when mean s <= 0; s summed in row order). Anchor a keeps its row, with
+    // P_a = Σ_c w_ca·ρ_c·m_c and feature (m_a·x_a + Σ_c w_ca·ρ_c·m_c·x_c) / (m_a + P_a), except that
+    // when its own share m_a / (m_a + P_a) is below f = options.acgr_self_share the feature is
+    // f·x_a + (1 - f)·(Σ_c w_ca·ρ_c·m_c·x_c) / P_a; mass m_a + Σ_c w_ca·m_c. Every sum runs in the
+    // same order (the anchor's own term, then context rows ascending, each row's links best first),
+    // so the twin's recovered features are bit-identical. The masses add up to the input's, less
+    // the dropped rows'. n_keep == n_tokens returns the input.
     DCP_METHOD_ACGR = 7,
     // TATCS (Text-Aware Token Cluster Selection), n_keep clusters of all input rows, x̂ = unit
     // feature rows. s̃ = s / max s (1 when max s <= 0); relevance r_i = max_j cos(x̂_i, text_j),
-    // r̃ = (r - min r) / (max r - min r), all 1 without text or when max == min; seed score
+    // r̃ = (r - min r) / (max r - min r), all 1 without text, when max == min, or when
+    // options.tatcs_use_text = 0; seed score
     // g = s̃·r̃ (all 1 when max g <= 0).
     // Centres: first argmax g; with D_i = min over centres c of 1 - cos(x̂_i, x̂_c), next = the
     // non-centre maximising D_i·(½ + ½·g_i / max g), or, when that maximum is <= 0 (only
     // duplicates left), the non-centre maximising g. Assignment: each non-centre joins the
     // centre maximising cos(x̂_i, x̂_c) - λ_t·|r̃_i - r̃_c| (λ_t = options.tatcs_text_weight; ties:
     // the centre chosen first). Reselection: μ_Q = unit(Σ_{i∈Q} m_i·x̂_i); representative = the
-    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). Merge:
-    // ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep; the output token sits on the
-    // representative's row with feature Σ ω_i·x_i / Σ ω_i and mass Σ_{i∈Q} m_i.
+    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). The output
+    // token sits on the representative's row with mass Σ_{i∈Q} m_i (summed in row order) and, with
+    // options.tatcs_reselect = 1, the representative's own feature; with 0, the merge
+    // Σ ω_i·x_i / Σ ω_i, ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep.
     // used_tatcs = true.
     DCP_METHOD_TATCS = 8,
-    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output). If
-    // κ_a > max(options.tau, 1e-4), the result of TATCS on the input (used_tatcs = true), else
-    // ACGR's (used_tatcs = false). A κ_a of 1e-4 or less is rounding noise: ACGR lost nothing.
+    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output) (with masses: what
+    // the LLM sees). If κ_a <= max(options.tau, 1e-4), ACGR's output (used_tatcs = false; a κ_a of
+    // 1e-4 or less is rounding noise: ACGR lost nothing). Else ACGR again with
+    // M = min(n_tokens, options.dcp_anchors_per_token·n_keep) anchors, and TATCS on those M
+    // recovered anchors (their recovered features and masses, s and patches; no keys) re-clusters
+    // them into n_keep tokens (used_tatcs = true); with dcp_anchors_per_token = 0, TATCS on the input
+    // instead (the first build's reading). assignment: each input row → its anchor → that
+    // anchor's cluster (-1 if ACGR dropped it); as tatcs's with dcp_anchors_per_token = 0.
     DCP_METHOD_DCP = 9,
     DCP_METHOD_COUNT, // number of methods; not a method
 };
@@ -186,6 +202,11 @@ struct dcp_options {
     float   tatcs_relevance_mix;
     float   visionzip_dominant_ratio;
     float   cdpruner_theta;
+    float   acgr_self_share;
+    float   acgr_min_similarity;
+    int32_t dcp_anchors_per_token;
+    int32_t tatcs_reselect;
+    int32_t tatcs_use_text;
 };
 
 struct dcp_prune_params {

@@ -14,6 +14,7 @@
 
 #include "prune.h"
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -57,6 +58,38 @@ double dot_f64(const A * a, const B * b, size_t n) {
     return lane_dot<double, 8>(a, b, n);
 }
 
+// ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
+// Twin: cosines (prune_reference/common.py).
+inline double cosine_f32(const float * a, const float * b, size_t n) {
+    return double(lane_dot<float, 16>(a, b, n));
+}
+
+// Row-major float32 unit rows.
+struct unit_set {
+    std::vector<float> data;  // (n_rows, n_cols)
+    size_t             n_cols;
+
+    const float * row(int32_t i) const { return data.data() + size_t(i) * n_cols; }
+};
+
+// Rows of float32 or double scaled to unit length, bit-identical to the NumPy twin
+// (exact_unit_rows): the norm summed by dot_f64, then x·(1/norm) rounded to float32; all-zero
+// rows stay zero.
+template <typename T>
+unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
+    const size_t d = size_t(n_cols);
+    unit_set unit{std::vector<float>(size_t(n_rows) * d), d};
+    for (size_t i = 0; i < size_t(n_rows); ++i) {
+        const T * row = x + i * d;
+        const double norm = std::sqrt(dot_f64(row, row, d));
+        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
+        for (size_t j = 0; j < d; ++j) {
+            unit.data[i * d + j] = float(double(row[j]) * scale);
+        }
+    }
+    return unit;
+}
+
 // The row with the highest score among those not excluded (excluded[i] != 0); ties go to the
 // lower row. -1 when every row is excluded. Twin: best_row.
 int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded);
@@ -71,8 +104,10 @@ inline int32_t patch_of(const dcp_tokens & t, int32_t row) { return t.patch_idx 
 
 // ---- writing the result ------------------------------------------------------------------------
 
-// Copies the input rows `rows` (any order) to `out` in patch order, with their input masses.
-// out.assignment (when given): each kept row → its own output token, every other row -1.
+// Copies the input rows `rows` (any order) to `out` in patch order. Every other row joins the kept
+// row whose feature it is most cosine-similar to (unit rows and cosines as cosine_f32; ties: the
+// lower kept row), so a kept token's mass is its own input mass plus theirs (summed in double in row
+// order) and the masses add up to the input's. out.assignment (when given): each input row → its token.
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out);
 
 // Writes merged tokens: token k sits on input row rows[k] with feature features[k*n_dim ..] and

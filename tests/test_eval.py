@@ -8,6 +8,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -249,3 +250,62 @@ def test_in_llm_cells_report_image_tokens_per_layer_and_flops(tiny, tmp_path, ca
         assert results[method]["image_tokens_mean_over_layers"] == (576 + 64) / 2
     assert results["dcp"]["prefill_mflops"] < results["btp"]["prefill_mflops"] < results["full"]["prefill_mflops"]
     assert "image tokens per layer (mean) · prefill MFLOPs · prefill ms" in out
+
+
+def test_ablation_pairs_cells_across_two_runs(tmp_path, capsys):
+    from dcp_desktop.eval import ablation
+
+    def write(name, outcomes):
+        path = tmp_path / name
+        path.write_text(json.dumps({"split": "validation", "question_types": ["count"] * 4, "results": [
+            {"method": "dcp", "tokens": 16, "accuracy": sum(outcomes) / 4, "retention": sum(outcomes) / 4,
+             "outcomes": outcomes}]}))
+        return path
+
+    base, other = write("off.json", [1, 0, 0, 1]), write("on.json", [1, 1, 1, 1])
+    [result] = ablation.run([f"{base}:dcp@16", f"{other}:dcp@16"])
+    assert result["diff"] == pytest.approx(0.5) and result["mcnemar_p"] == pytest.approx(0.5)  # b=0, c=2
+    assert "| +50.0 [" in capsys.readouterr().out
+    code, _, err = run_main(ablation.main, capsys, f"{base}:dcp@32", f"{other}:dcp@16")
+    assert code == 2 and "no cell dcp@32; it has dcp@16" in err
+
+
+def test_relevance_auc_on_hand_cases():
+    from dcp_desktop.eval import relevance
+
+    assert relevance.auc([0.1, 0.2, 0.3, 0.4], [False, False, True, True]) == 1.0
+    assert relevance.auc([0.4, 0.3, 0.2, 0.1], [False, False, True, True]) == 0.0
+    assert relevance.auc([1.0, 1.0, 0.0], [True, False, False]) == 0.75  # a tie counts half
+    assert relevance.auc([1.0, 2.0], [True, True]) is None
+
+
+def test_relevance_finds_the_patches_of_the_named_objects():
+    from dcp_desktop.eval import relevance
+
+    scene = scenes.make_scene(12345)
+    target = scene.objects[0]
+    owners = scenes.patch_owners(scene).ravel()
+    same = [n for n, o in enumerate(scene.objects, 1) if o.shape == target.shape and o.colour == target.colour]
+    named = relevance.named_patches(f"Is there a {target.colour} {target.shape}?", scene)
+    np.testing.assert_array_equal(named, np.isin(owners, same))
+    plural = relevance.named_patches(f"How many {scenes.PLURALS[target.shape]} are there?", scene)
+    np.testing.assert_array_equal(plural, np.isin(owners, [n for n, o in enumerate(scene.objects, 1)
+                                                           if o.shape == target.shape]))
+    assert relevance.named_patches("Is the image bright?", scene) is None
+    assert relevance.content_words(f"Is the {target.colour} {target.shape} left?") == [target.colour, target.shape]
+
+
+def test_kappa_gate_forms_and_simulated_gate():
+    from dcp_desktop.eval import kappa_gate
+
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((50, 8))
+    same = kappa_gate.kappa_forms(full, full, np.ones(50))
+    assert all(abs(value) < 1e-9 for value in same.values())  # the full set has drifted nowhere
+    one = kappa_gate.kappa_forms(full, full[:1], np.array([50.0]))
+    assert one["coverage"] > 0 and one["spread"] > 1 and one["shift_spread"] == pytest.approx(one["shift"] + one["spread"])
+    kappa, acgr, tatcs = np.array([0.1, 0.5, 0.9]), np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0])
+    assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, 0.5) == pytest.approx(2.5 / 3)  # TATCS only where κ > 0.5
+    assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, -np.inf) == 0.5  # always TATCS
+    result = kappa_gate.analyse({"shift": kappa}, np.ones(3), acgr, tatcs)["shift"]
+    assert result["spearman_loss"] == pytest.approx(1.0) and result["spearman_tatcs_gain"] == pytest.approx(1.0)

@@ -105,13 +105,23 @@ def assert_same_selection(a: Selection, b: Selection) -> None:
     assert a.assignment.dtype == np.int32
 
 
-def assert_selection_assignment(kept: Selection, n_tokens: int, patch_idx=None) -> None:
-    """A selection method's assignment: exactly the K kept rows are >= 0, each on its own token."""
+def assert_selection_assignment(kept: Selection, features: np.ndarray, masses=None, patch_idx=None) -> None:
+    """A selection method's assignment: the K kept rows each on its own token, every other row on the
+    kept row its feature is most cosine-similar to (up to rounding), and each mass the sum over its rows."""
+    n_tokens = len(features)
     patches = np.arange(n_tokens) if patch_idx is None else np.asarray(patch_idx)
-    assert kept.assignment.shape == (n_tokens,)
-    rows = np.flatnonzero(kept.assignment >= 0)
+    masses = np.ones(n_tokens) if masses is None else np.asarray(masses, np.float64)
+    assert kept.assignment.shape == (n_tokens,) and (kept.assignment >= 0).all()
+    rows = np.flatnonzero(np.isin(patches, kept.indices))  # (K,)
     np.testing.assert_array_equal(patches[rows], kept.indices)
     np.testing.assert_array_equal(kept.assignment[rows], np.arange(len(kept.indices)))
+    x = features.astype(np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)  # (N, D)
+    similarity = unit @ unit[rows].T  # (N, K)
+    chosen = similarity[np.arange(n_tokens), kept.assignment]
+    assert (chosen >= similarity.max(axis=1) - 1e-5).all(), "a dropped row joined a kept row that is not its nearest"
+    np.testing.assert_allclose(kept.masses, np.bincount(kept.assignment, masses, minlength=len(rows)), rtol=1e-6)
 
 
 def pool_cells_by_patch(grid, n_keep: int) -> np.ndarray:
@@ -150,7 +160,7 @@ def test_native_matches_reference(method, tokens, data, seed):
     if method == "pool":
         np.testing.assert_array_equal(native.assignment, pool_cells_by_patch(grid, n_keep))
     else:
-        assert_selection_assignment(native, len(features))
+        assert_selection_assignment(native, features)
 
 
 def test_pool_assignment_tiles_a_divisible_grid():
@@ -239,7 +249,7 @@ def test_fastervlm_keeps_the_highest_attention(tokens, data):
     if len(dropped):
         assert cls_attn[kept.indices].min() >= cls_attn[dropped].max()
     np.testing.assert_array_equal(kept.features, features[kept.indices])
-    np.testing.assert_array_equal(kept.masses, np.ones(n_keep))
+    assert_selection_assignment(kept, features)
 
 
 @pytest.mark.parametrize("impl", ["native", "reference"])
@@ -345,7 +355,7 @@ BAD_CALLS = {
     "negative seed": (dict(seed=-1, method="random"), "seed: expected an integer in 0..2**64-1, got -1"),
     "huge seed": (dict(seed=2**64, method="random"), "seed: expected an integer in 0..2**64-1"),
     "unknown impl": (dict(impl="gpu"), "impl: expected 'native' or 'reference', got 'gpu'"),
-    "unknown option": (dict(options={"alpha": 1.0}), "options: unknown alpha; known: acgr_n_neighbors"),
+    "unknown option": (dict(options={"alpha": 1.0}), "options: unknown alpha; known: acgr_min_similarity, acgr_n_neighbors"),
     "negative tau": (dict(options={"tau": -0.5}), "options: tau must be a finite number >= 0, got -0.5"),
     "theta > 1": (dict(options={"cdpruner_theta": 1.5}), "options: cdpruner_theta must be a number in [0, 1], got 1.5"),
     "sigma 0 in float32": (dict(options={"acgr_spatial_sigma": 1e-50}),
@@ -368,7 +378,7 @@ def test_bad_input_raises_input_error_naming_the_argument(case, impl):
 
 
 FLOAT_OPTION_EDGES = [-1.0, -1e-46, -0.0, 0.0, 1e-46, 1e-45, 0.5, 1.0, 1.00000001, 1.001, 3.4e38, 1e39]
-INT_OPTION_EDGES = [-1, 0, 1, 2, 2**31 - 1]  # acgr_n_neighbors; native truncates fractions, select rejects them
+INT_OPTION_EDGES = [-1, 0, 1, 2, 64, 65, 2**31 - 1]  # native truncates fractions, select rejects them
 
 
 def native_core_accepts(options: dict) -> bool:
@@ -383,7 +393,7 @@ def native_core_accepts(options: dict) -> bool:
 
 @pytest.mark.parametrize("name, value", [
     (name, value) for name in DEFAULT_OPTIONS
-    for value in (INT_OPTION_EDGES if name == "acgr_n_neighbors" else FLOAT_OPTION_EDGES)])
+    for value in (INT_OPTION_EDGES if OPTIONS[name].integer else FLOAT_OPTION_EDGES)])
 def test_option_ranges_match_the_native_core_for_both_impls(name, value):
     """select() checks the ranges of prune.h's dcp_options once, for both impls, on the float32
     value native sees (1.00000001 rounds to 1, 1e-46 to 0, 1e39 to Inf), so it accepts an option

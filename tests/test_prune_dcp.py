@@ -60,6 +60,11 @@ dcp_options = st.fixed_dictionaries({
     "acgr_spatial_sigma": st.sampled_from([0.5, 2.0, 7.0]),
     "tatcs_text_weight": st.sampled_from([0.0, 0.5, 3.0]),
     "tatcs_relevance_mix": st.sampled_from([0.0, 0.5, 1.0]),
+    "acgr_self_share": st.sampled_from([0.0, 0.5, 1.0]),
+    "acgr_min_similarity": st.sampled_from([-1.0, 0.0, 0.5]),
+    "dcp_anchors_per_token": st.sampled_from([0, 1, 4, 64]),
+    "tatcs_reselect": st.sampled_from([0, 1]),
+    "tatcs_use_text": st.sampled_from([0, 1]),
 })
 
 
@@ -105,11 +110,29 @@ def test_native_matches_reference(method, tokens, options, data):
     patches = tokens["patch_idx"] if tokens["patch_idx"] is not None else np.arange(n_tokens)
     kept_rows = np.flatnonzero(np.isin(patches, native.indices))  # each token sits on its own row
     np.testing.assert_array_equal(assignment[kept_rows], np.arange(n_keep))
-    if native.used_tatcs:
+    if method == "tatcs":
         assert (assignment >= 0).all()  # TATCS clusters every row
-    one_link = not native.used_tatcs and options["acgr_n_neighbors"] == 1  # w = 1: whole rows move
-    if tokens.get("masses") is None and (native.used_tatcs or one_link):
+    whole_rows = method == "tatcs" or options["acgr_n_neighbors"] == 1 or (  # w = 1: whole rows move
+        native.used_tatcs and options["dcp_anchors_per_token"] == 0)
+    if tokens.get("masses") is None and whole_rows:
         np.testing.assert_array_equal(np.bincount(assignment[assignment >= 0], minlength=n_keep), native.masses)
+
+
+def tatcs_on_recovered_anchors(tokens: dict, n_keep: int, options: dict, impl: str = "native") -> Selection:
+    """What dcp's second stage must equal, composed from the public methods: acgr with M anchors, then
+    tatcs on its output (recovered features, masses, the anchors' attention and patches, no keys)."""
+    n_tokens = len(tokens["features"])
+    n_anchors = min(n_tokens, int(options["dcp_anchors_per_token"]) * n_keep)
+    recovered = select(**tokens, n_keep=n_anchors, method="acgr", options=options, impl=impl)
+    patches = tokens["patch_idx"] if tokens.get("patch_idx") is not None else np.arange(n_tokens)
+    rows = np.searchsorted(patches, recovered.indices)  # (M,) the anchors' input rows
+    on_anchors = dict(grid=tokens["grid"], text=tokens.get("text"), patch_idx=recovered.indices)
+    clustered = select(recovered.features, tokens["cls_attn"][rows], n_keep=n_keep, method="tatcs",
+                       masses=recovered.masses, options=options, impl=impl, **on_anchors)
+    assignment = np.where(recovered.assignment >= 0, clustered.assignment[np.maximum(recovered.assignment, 0)], -1)
+    return Selection(clustered.indices, clustered.features, clustered.masses,
+                     select(**tokens, n_keep=n_keep, method="dcp", options=options, impl=impl).kappa,
+                     True, assignment.astype(np.int32))
 
 
 @FEW_EXAMPLES
@@ -117,7 +140,12 @@ def test_native_matches_reference(method, tokens, options, data):
 def test_dcp_returns_the_stage_it_reports(tokens, options, data):
     n_keep = data.draw(st.integers(1, len(tokens["features"])))
     dcp = select(**tokens, n_keep=n_keep, method="dcp", options=options)
-    stage = select(**tokens, n_keep=n_keep, method="tatcs" if dcp.used_tatcs else "acgr", options=options)
+    if not dcp.used_tatcs:
+        stage = select(**tokens, n_keep=n_keep, method="acgr", options=options)
+    elif options["dcp_anchors_per_token"] == 0:
+        stage = select(**tokens, n_keep=n_keep, method="tatcs", options=options)
+    else:
+        stage = tatcs_on_recovered_anchors(tokens, n_keep, options)
     assert_same_tokens(dcp, stage)  # κ_dcp is the κ of whichever stage was used
     if options["tau"] == TAU_FORCING_ACGR:
         assert not dcp.used_tatcs
@@ -193,13 +221,14 @@ def test_acgr_moves_only_the_anchor_a_context_token_resembles(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_acgr_spatial_term_links_each_token_to_its_nearest_anchor_on_the_grid(impl):
+    # with acgr_min_similarity = -1 any cosine counts, so proximity decides (the default, 0, forbids it)
     grid_h, grid_w = 6, 7
     features = np.zeros((grid_h * grid_w, 4), np.float32)  # no semantic similarity at all
     cls_attn = np.zeros(grid_h * grid_w, np.float32)
     anchors = np.array([0, 13, 30, 39])  # no two anchors equally near a patch by different (Δr, Δc)
     cls_attn[anchors] = 1.0
     kept = select(features, cls_attn, n_keep=4, method="acgr", grid=(grid_h, grid_w), impl=impl,
-                  options={"acgr_spatial_weight": 1.0, "acgr_n_neighbors": 1})
+                  options={"acgr_spatial_weight": 1.0, "acgr_n_neighbors": 1, "acgr_min_similarity": -1.0})
     rows, cols = np.divmod(np.arange(grid_h * grid_w), grid_w)
     distance2 = (rows[:, None] - rows[anchors]) ** 2 + (cols[:, None] - cols[anchors]) ** 2  # (n, 4)
     nearest = np.argmin(distance2, axis=1)  # first minimum: the lower anchor row, as the contract
@@ -239,27 +268,33 @@ def test_tatcs_selects_the_token_most_relevant_to_the_text(impl, n_keep):
     cls_attn = make_cls_attn("all_equal", rng, 36)
     cls_attn[23] /= 10  # so it is not the first centre: reselection must find it
     kept = select(features, cls_attn, n_keep=n_keep, method="tatcs", grid=(6, 6), text=question,
-                  options={"tatcs_relevance_mix": 1.0}, impl=impl)
+                  options={"tatcs_relevance_mix": 1.0, "tatcs_use_text": 1}, impl=impl)
     assert 23 in kept.indices
 
 
-def test_tatcs_without_text_is_the_empty_question():
+def test_tatcs_without_text_is_the_empty_question_and_text_free_tatcs():
     features, cls_attn, _ = clustered_image()
     no_text = select(features, cls_attn, n_keep=16, method="tatcs")
     assert_same_tokens(no_text, select(features, cls_attn, n_keep=16, method="tatcs", text=np.zeros((0, 64))))
+    question = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    assert_same_tokens(no_text, select(features, cls_attn, n_keep=16, method="tatcs", text=question,
+                                       options={"tatcs_use_text": 0}))
 
 
 # ---- dcp -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_dcp_reselects_with_tatcs_when_acgr_collapses(impl):
-    features, cls_attn, _ = clustered_image()  # attention on one cluster: ACGR's anchors all sit there
-    acgr = select(features, cls_attn, n_keep=16, method="acgr", impl=impl)
-    dcp = select(features, cls_attn, n_keep=16, method="dcp", impl=impl, options={"tau": 0.5})
-    assert acgr.kappa > 0.5 and dcp.used_tatcs
-    assert dcp.kappa < acgr.kappa / 4
-    assert_same_tokens(dcp, select(features, cls_attn, n_keep=16, method="tatcs", impl=impl))
+def test_dcp_reclusters_the_recovered_anchors_when_acgr_drifts(impl):
+    features, cls_attn, _ = clustered_image()
+    tokens = dict(features=features, cls_attn=cls_attn, grid=(24, 24))
+    acgr = select(**tokens, n_keep=16, method="acgr", impl=impl)
+    options = {"tau": 0.0, "dcp_anchors_per_token": 4}
+    dcp = select(**tokens, n_keep=16, method="dcp", impl=impl, options=options)
+    assert dcp.used_tatcs and dcp.kappa < acgr.kappa
+    assert_same_tokens(dcp, tatcs_on_recovered_anchors(tokens, 16, options, impl))
+    anchors = np.sort(np.argsort(-cls_attn, kind="stable")[:64])  # M = 4·K, the top attention
+    assert np.isin(dcp.indices, anchors).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -267,9 +302,64 @@ def test_dcp_reselects_with_tatcs_when_acgr_collapses(impl):
 def test_tau_forces_a_stage(impl, tau, stage):
     rng = np.random.default_rng(0)
     features, cls_attn = make_features("normal", rng, 576, 32), make_cls_attn("softmax", rng, 576)
-    dcp = select(features, cls_attn, n_keep=16, method="dcp", options={"tau": tau}, impl=impl)
+    options = {"tau": tau, "dcp_anchors_per_token": 0}  # 0: TATCS on every input row
+    dcp = select(features, cls_attn, n_keep=16, method="dcp", options=options, impl=impl)
     assert dcp.used_tatcs == (stage == "tatcs")
-    assert_same_tokens(dcp, select(features, cls_attn, n_keep=16, method=stage, impl=impl))
+    assert_same_tokens(dcp, select(features, cls_attn, n_keep=16, method=stage, options=options, impl=impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n_keep", [1, 16, 144])
+@pytest.mark.parametrize("kind", ["duplicate_rows", "constant", "zeros", "quantized"])
+def test_dcp_native_matches_reference_on_ties_at_full_size(impl, n_keep, kind):
+    rng = np.random.default_rng(n_keep)
+    features = make_dcp_features(kind, rng, 576, 24)
+    cls_attn = make_cls_attn("softmax", rng, 576)
+    text = make_dcp_features("normal", rng, 3, 24)
+    for options in ({"tau": 0.0}, {"tau": 0.0, "dcp_anchors_per_token": 4, "tatcs_use_text": 1},
+                    {"tau": 0.0, "tatcs_reselect": 0, "acgr_min_similarity": -1.0, "dcp_anchors_per_token": 2}):
+        native = select(features, cls_attn, n_keep=n_keep, method="dcp", text=text, options=options)
+        assert_same_tokens(native, select(features, cls_attn, n_keep=n_keep, method="dcp", text=text,
+                                          options=options, impl="reference"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_acgr_anchor_keeps_its_share_of_its_own_feature(impl):
+    features, cls_attn = orthogonal_tokens()
+    features[4:] = features[0] * 0.8 + features[4] * 0.6  # 8 context rows, cos 0.8 to anchor 0 only
+    kept = select(features, cls_attn, n_keep=4, method="acgr", grid=(3, 4), impl=impl,
+                  options={"acgr_spatial_weight": 0.0, "acgr_n_neighbors": 1, "acgr_self_share": 0.5})
+    absorbed = features[4]  # every context row is the same
+    np.testing.assert_allclose(kept.features[0], 0.5 * features[0] + 0.5 * absorbed, atol=1e-6)
+    assert kept.masses[0] == 9  # the mass still counts every absorbed row
+    diluted = select(features, cls_attn, n_keep=4, method="acgr", grid=(3, 4), impl=impl,
+                     options={"acgr_spatial_weight": 0.0, "acgr_n_neighbors": 1, "acgr_self_share": 0.0})
+    assert np.dot(diluted.features[0], features[0]) < np.dot(kept.features[0], features[0])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_acgr_links_need_semantic_similarity(impl):
+    features, cls_attn = orthogonal_tokens()
+    features[5] = features[1] * 0.3 + features[5]  # cos ≈ 0.29 to anchor 1
+    options = {"acgr_spatial_weight": 10.0, "acgr_n_neighbors": 1}
+    loose = select(features, cls_attn, n_keep=4, method="acgr", grid=(3, 4), impl=impl,
+                   options={**options, "acgr_min_similarity": 0.0})
+    strict = select(features, cls_attn, n_keep=4, method="acgr", grid=(3, 4), impl=impl,
+                    options={**options, "acgr_min_similarity": 0.5})
+    np.testing.assert_array_equal(loose.masses, [1, 2, 1, 1])  # only row 5 has a positive cosine
+    np.testing.assert_array_equal(strict.masses, [1, 1, 1, 1])  # and 0.29 is not enough
+    assert (strict.assignment[4:] == -1).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_tatcs_reselect_keeps_the_representative_row(impl):
+    features, cls_attn, label = clustered_image(n_clusters=8)
+    kept = select(features, cls_attn, n_keep=8, method="tatcs", impl=impl, options={"tatcs_reselect": 1})
+    np.testing.assert_array_equal(kept.features, features[kept.indices])
+    np.testing.assert_array_equal(kept.masses, np.bincount(label)[label[kept.indices]])
+    merged = select(features, cls_attn, n_keep=8, method="tatcs", impl=impl, options={"tatcs_reselect": 0})
+    np.testing.assert_array_equal(merged.indices, kept.indices)
+    assert not np.allclose(merged.features, kept.features)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -39,17 +39,25 @@ def acgr(x, s, keys, masses, grid_w: int, n_keep: int, options: dict):
     rc = torch.stack([torch.arange(n) // grid_w, torch.arange(n) % grid_w], 1).to(x.dtype)  # (n, 2)
     dist2 = torch.cdist(rc[context], rc[anchors]) ** 2  # (C, M)
     sigma = options["acgr_spatial_sigma"]
-    affinity = u[context] @ u[anchors].T + options["acgr_spatial_weight"] * torch.exp(-dist2 / (2 * sigma**2))
+    semantic = u[context] @ u[anchors].T  # (C, M)
+    affinity = torch.where(semantic > options["acgr_min_similarity"],
+                           semantic + options["acgr_spatial_weight"] * torch.exp(-dist2 / (2 * sigma**2)), -torch.inf)
     n_nb = min(int(options["acgr_n_neighbors"]), n_keep)
     best = torch.sort(-affinity, dim=1, stable=True).indices[:, :n_nb]  # (C, n_nb)
-    links = torch.zeros_like(affinity).scatter_(1, best, affinity.gather(1, best)).clamp_min(0)
+    links = torch.zeros_like(affinity).scatter_(1, best, affinity.gather(1, best).clamp_min(0))
     weights = links / links.sum(1, keepdim=True).clamp_min(1e-30)  # (C, M)
     rho = torch.clamp(s[context] / s.mean(), max=1.0) if s.mean() > 0 else torch.ones(len(context), dtype=x.dtype)
     pull = weights * (rho * masses[context])[:, None]  # (C, M)
+    absorbed = pull.sum(0)  # (M,)
     numer = masses[anchors, None] * x[anchors] + pull.T @ x[context]  # (M, d)
-    denom = masses[anchors] + pull.sum(0)
+    denom = masses[anchors] + absorbed
+    feats = numer / denom[:, None]
+    f = options["acgr_self_share"]
+    diluted = (masses[anchors] < f * denom) & (absorbed > 0)  # an anchor keeps at least f of its own feature
+    mean_absorbed = (pull.T @ x[context]) / absorbed.clamp_min(1e-30)[:, None]
+    feats = torch.where(diluted[:, None], f * x[anchors] + (1 - f) * mean_absorbed, feats)
     new_masses = masses[anchors] + (weights * masses[context][:, None]).sum(0)
-    return anchors, numer / denom[:, None], new_masses
+    return anchors, feats, new_masses
 
 
 def _minmax(r):
@@ -62,7 +70,8 @@ def tatcs(x, s, text, masses, n_keep: int, options: dict):
     n = len(x)
     xh = _unit(x)
     s_tilde = s / s.max() if s.max() > 0 else torch.ones_like(s)
-    r = _minmax((xh @ _unit(text).T).max(1).values) if text is not None else torch.ones(n, dtype=x.dtype)
+    use_text = text is not None and len(text) and int(options["tatcs_use_text"])
+    r = _minmax((xh @ _unit(text).T).max(1).values) if use_text else torch.ones(n, dtype=x.dtype)
     g = s_tilde * r
     g = g if g.max() > 0 else torch.ones_like(g)
     centres = [int(torch.argmax(g))]
@@ -88,7 +97,7 @@ def tatcs(x, s, text, masses, n_keep: int, options: dict):
         omega = masses[members] * torch.clamp(xh[members] @ xh[rep], min=0)
         omega[members == rep] = masses[rep]
         rows.append(int(rep))
-        feats.append((omega[:, None] * x[members]).sum(0) / omega.sum())
+        feats.append(x[rep] if options["tatcs_reselect"] else (omega[:, None] * x[members]).sum(0) / omega.sum())
         out_masses.append(masses[members].sum())
     return torch.tensor(rows), torch.stack(feats), torch.stack(out_masses)
 
@@ -99,8 +108,14 @@ def dcp(x, s, keys, text, grid_w: int, n_keep: int, options: dict):
     rows, feats, new_masses = acgr(x, s, keys, masses, grid_w, n_keep, options)
     k = kappa(x, masses, feats, new_masses)
     used_tatcs = bool(k > options["tau"])
-    if used_tatcs:
+    if used_tatcs and int(options["dcp_anchors_per_token"]) == 0:
         rows, feats, new_masses = tatcs(x, s, text, masses, n_keep, options)
+        k = kappa(x, masses, feats, new_masses)
+    elif used_tatcs:  # TATCS re-clusters the recovered anchors of a wider ACGR
+        n_anchors = min(len(x), int(options["dcp_anchors_per_token"]) * n_keep)
+        anchors, anchor_feats, anchor_masses = acgr(x, s, keys, masses, grid_w, n_anchors, options)
+        picked, feats, new_masses = tatcs(anchor_feats, s[anchors], text, anchor_masses, n_keep, options)
+        rows = anchors[picked]
         k = kappa(x, masses, feats, new_masses)
     order = torch.argsort(rows)
     return rows[order], feats[order], new_masses[order], float(k), used_tatcs

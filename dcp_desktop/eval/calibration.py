@@ -50,13 +50,16 @@ def _fine_grid(default: float) -> tuple[float, ...]:
 
 
 GRIDS = {  # method: {knob: values tried, the default among them}; each method's sizes add up to TRIALS
-    "dcp": {
-        "acgr_n_neighbors": (1, 2, 4),
-        "acgr_spatial_weight": (0.0, 0.25, 0.5, 1.0),
-        "acgr_spatial_sigma": (1.0, 2.0, 4.0),
-        "tau": (0.0, 0.1, 0.2, 0.3, 0.5, 1e6),  # 1e6: never TATCS, i.e. ACGR alone
-        "tatcs_text_weight": (0.0, 0.25, 0.5, 1.0),
-        "tatcs_relevance_mix": (0.0, 0.25, 0.5, 1.0),
+    "dcp": {  # the second build's knobs first (docs/dcp-prune.md); text knobs only matter with tatcs_use_text 1
+        "dcp_anchors_per_token": (0, 4, 8),  # 0: TATCS on every input token
+        "tatcs_reselect": (1, 0),
+        "tatcs_use_text": (0, 1),
+        "tau": (0.2, 0.0, 1e6),  # 1e6: never TATCS, i.e. ACGR alone
+        "acgr_self_share": (0.5, 0.0, 1.0),
+        "acgr_min_similarity": (0.0, 0.2, 0.5),
+        "acgr_n_neighbors": (4, 1, 2),
+        "acgr_spatial_weight": (0.5, 0.0, 1.0),
+        "acgr_spatial_sigma": (2.0, 1.0),
     },
     "visionzip": {"visionzip_dominant_ratio": _fine_grid(DEFAULT_OPTIONS["visionzip_dominant_ratio"])},
     "cdpruner": {"cdpruner_theta": _fine_grid(DEFAULT_OPTIONS["cdpruner_theta"])},

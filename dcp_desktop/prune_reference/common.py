@@ -87,12 +87,35 @@ def float32_option(options: dict, name: str) -> float:
     return float(np.float32(options[name]))
 
 
+F32_LANES = 16  # native cosine_f32
+
+
+def exact_unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of x scaled to unit length as float32, bit-identical to native; zero rows stay zero."""
+    norm = np.sqrt(dot_f64(x, x))  # (n,)
+    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)  # (n,)
+    return (x.astype(np.float64) * scale[:, None]).astype(np.float32)  # (n, d)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """⟨a_i, b_j⟩ of unit rows (broadcast over leading axes) as native cosine_f32, in float64."""
+    return lane_dot(a, b, np.float32, F32_LANES).astype(np.float64)
+
+
 def selection(tokens: Tokens, rows) -> Output:
-    """The input rows `rows`, unchanged, with their input masses."""
-    rows = np.asarray(rows, dtype=np.int64)
+    """The input rows `rows`, unchanged; every other row joins the kept row its feature is most
+    cosine-similar to (ties: the lower kept row), whose mass grows by its mass (native emit_selection)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))  # (K,) patch order, as native
     assignment = np.full(tokens.n, -1, np.int64)
     assignment[rows] = np.arange(len(rows))
-    return Output(rows, tokens.features[rows], tokens.masses[rows], assignment)
+    mass = tokens.masses[rows].astype(np.float64)  # (K,) own mass first, then the joiners' in row order
+    dropped = np.flatnonzero(assignment < 0)  # (N - K,)
+    if len(dropped):
+        x = exact_unit_rows(tokens.features)  # (n, d)
+        nearest = np.argmax(cosines(x[dropped, None], x[None, rows]), axis=1)  # (N - K,) first max: lower row
+        assignment[dropped] = nearest
+        np.add.at(mass, nearest, tokens.masses[dropped].astype(np.float64))
+    return Output(rows, tokens.features[rows], mass.astype(np.float32), assignment)
 
 
 # ---- κ -----------------------------------------------------------------------------------------

@@ -5,7 +5,35 @@ so every score that is compared replays native's arithmetic bit for bit:
 - unit rows (`exact_unit_rows`): the norm summed by `dot_f64` (float64, 8 lanes), then x·(1/norm)
   rounded to float32;
 - cosines of unit rows (`cosines`): float32 products summed by `lane_dot` in 16 lanes, then float64;
-- everything after a cosine in float64, with math.exp (libm, as native) for the spatial kernel.
+- everything after a cosine in float64, with math.exp (libm, as native) for the spatial kernel;
+- ACGR's recovery sums in native's order (own term, then context rows ascending, links best first), so
+  the recovered features are bit-identical too and TATCS can choose among them.
+
+Spec decisions of the second build (DESIGN.md, "DCP-Prune as we build it"), each a paired ablation on
+the demo model's validation split (100 images × 4 questions, mass bias on; docs/dcp-prune.md has the
+table; "points" are accuracy points at 16 / 32 tokens against the first build's DCP):
+- The LLM sees each token's mass (--mass-bias on, ln m_k on its attention logits): +6.2 / +6.2 points
+  for dcp, +7.0 / +9.5 for divprune, +6.0 / +9.5 for cdpruner (all p < 0.001); so every method returns
+  masses, selection methods by giving each dropped patch to its nearest kept token.
+- TATCS re-clusters the input tokens, not ACGR's recovered anchors (dcp_anchors_per_token = 0). The
+  figure's sequence, TATCS on a·K recovered anchors, loses more the fewer anchors it has: a = 2:
+  -13.0 / -2.8, a = 4: -3.2 / +0.2, a = 8: +1.2 / +2.5, the input tokens: +2.0 / +2.8. Anchors chosen by
+  [CLS] attention miss image regions, and recovery cannot bring back what no anchor resembles.
+- TATCS re-selects one real token per cluster, with the cluster's mass (tatcs_reselect = 1): against
+  merging the cluster into its representative, +1.2 / +1.5 points (p 0.38 / 0.03).
+- No text term (tatcs_use_text = 0). The relevance of the named object's patches has a median AUC of
+  0.18 over all question tokens, 0.14 over colour and shape words only, 0.12 in the LLM's space
+  (159 validation questions; [CLS] attention: 0.93), below chance, so by the rule (AUC >= 0.6) it is not
+  a text signal. Dropping it cost -0.8 / -2.8 points (p 0.72 / 0.05): it shapes the clusters in a way
+  that helps a little, but not by finding what the question asks about.
+- κ and τ: at 16 and 32 tokens κ after ACGR is above τ = 0.2 on every validation image (its minimum is
+  0.68 / 0.50), and TATCS beat ACGR's tokens on 62 images against 1 (16) and 41 against 10 (32): no τ
+  does better than always re-selecting, so ACGR never shapes the answer at these budgets. κ's
+  within-cell Spearman with ACGR's accuracy loss is 0.20 / 0.45 (with masses; without them about 0).
+- ACGR's anchors keep at least half of their own feature (acgr_self_share = 0.5; with 0, -1.5 points
+  at 32 tokens under anchor-TATCS, p 0.42), and a link needs a positive cosine (acgr_min_similarity = 0:
+  no link on proximity alone; the same answers as -1 on the demo model, whose features have no negative
+  cosines). Both act only where ACGR's tokens are kept.
 Sums that only shape output features and masses need not replay native's order.
 """
 
@@ -15,24 +43,9 @@ import math
 
 import numpy as np
 
-from .common import Output, Tokens, best_row, dot_f64, float32_option, kappa, lane_dot, top_k
+from .common import F32_LANES, Output, Tokens, best_row, cosines, exact_unit_rows, float32_option, kappa, lane_dot, top_k
 
-F32_LANES = 16  # native cosine_f32
 KAPPA_NOISE = np.float32(1e-4)  # dcp: a κ at or below this is rounding noise, not a shift (native k_kappa_noise)
-
-
-# ---- replayable arithmetic ---------------------------------------------------------------------
-
-def exact_unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows of x scaled to unit length as float32, bit-identical to native; zero rows stay zero."""
-    norm = np.sqrt(dot_f64(x, x))  # (n,)
-    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)  # (n,)
-    return (x.astype(np.float64) * scale[:, None]).astype(np.float32)  # (n, d)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """⟨a_i, b_j⟩ of unit rows (broadcast over leading axes) as native cosine_f32, in float64."""
-    return lane_dot(a, b, np.float32, F32_LANES).astype(np.float64)
 
 
 # ---- acgr --------------------------------------------------------------------------------------
@@ -45,15 +58,18 @@ def anchor_context_recovery(tokens: Tokens, n_anchors: int, options: dict) -> Ou
     anchors = np.sort(top_k(tokens.cls_attn, n_anchors))  # (M,) ascending: ties go to the lower row
     context = np.setdiff1d(np.arange(tokens.n), anchors)  # (C,)
     u = exact_unit_rows(tokens.keys if tokens.keys is not None else tokens.features)  # (n, ds)
-    affinity = cosines(u[context, None], u[None, anchors]) \
-        + _spatial_kernel(tokens, context, anchors, options)  # (C, M)
+    semantic = cosines(u[context, None], u[None, anchors])  # (C, M)
+    affinity = np.where(semantic > float32_option(options, "acgr_min_similarity"),  # no link on proximity alone
+                        semantic + _spatial_kernel(tokens, context, anchors, options), -np.inf)  # (C, M)
     n_neighbors = min(int(options["acgr_n_neighbors"]), n_anchors)
     nearest = np.argsort(-affinity, axis=1, kind="stable")[:, :n_neighbors]  # (C, nb) best first
     linked = np.take_along_axis(affinity, nearest, axis=1)  # (C, nb)
     linked = np.where(linked > 0, linked, 0.0)  # only positive links count
-    total = linked.sum(axis=1, keepdims=True)  # (C, 1)
-    w = np.divide(linked, total, out=np.zeros_like(linked), where=total > 0)  # (C, nb) edge weights
-    return _recover(tokens, anchors, context, nearest, w)
+    total = np.zeros(len(context))  # (C,) summed best first, as native
+    for k in range(n_neighbors):
+        total += linked[:, k]
+    w = np.divide(linked, total[:, None], out=np.zeros_like(linked), where=total[:, None] > 0)  # (C, nb)
+    return _recover(tokens, anchors, context, nearest, w, float32_option(options, "acgr_self_share"))
 
 
 def _spatial_kernel(tokens: Tokens, context: np.ndarray, anchors: np.ndarray, options: dict) -> np.ndarray:
@@ -74,36 +90,49 @@ def _spatial_kernel(tokens: Tokens, context: np.ndarray, anchors: np.ndarray, op
 def _handover_weights(cls_attn: np.ndarray) -> np.ndarray:
     """ρ = clamp(s / mean s, 0, 1); all 1 when mean s <= 0."""
     s = cls_attn.astype(np.float64)  # (n,)
-    mean = s.sum() / len(s)
+    mean = np.cumsum(s)[-1] / len(s)  # summed in row order, as native
     return np.clip(s / mean, 0.0, 1.0) if mean > 0 else np.ones(len(s))
 
 
 def _recover(tokens: Tokens, anchors: np.ndarray, context: np.ndarray, nearest: np.ndarray,
-             w: np.ndarray) -> Output:
-    """Anchors absorb their linked context rows: features by ρ·w·m-weighted mean, masses by w·m."""
+             w: np.ndarray, self_share: float) -> Output:
+    """Anchors absorb their linked context rows: features by ρ·w·m-weighted mean, masses by w·m; an
+    anchor keeps at least `self_share` of its own feature. Every sum runs in native's order (context rows
+    ascending, each row's links best first), so the recovered features are bit-identical to native's and
+    TATCS can choose among them."""
     x = tokens.features.astype(np.float64)  # (n, d)
     m = tokens.masses.astype(np.float64)  # (n,)
     pull = w * _handover_weights(tokens.cls_attn)[context, None] * m[context, None]  # (C, nb)
     n_anchors = len(anchors)  # nearest holds positions 0..M-1 into anchors
-    numerator = m[anchors, None] * x[anchors]  # (M, d)
-    np.add.at(numerator, nearest, pull[..., None] * x[context, None])
-    denominator = m[anchors] + np.bincount(nearest.ravel(), pull.ravel(), minlength=n_anchors)  # (M,)
-    mass = m[anchors] + np.bincount(nearest.ravel(), (w * m[context, None]).ravel(), minlength=n_anchors)  # (M,)
+    own = m[anchors, None] * x[anchors]  # (M, d)
+    numerator = own.copy()  # (M, d)
+    np.add.at(numerator, nearest, pull[..., None] * x[context, None])  # in (row, link) order
+    denominator = m[anchors].copy()  # (M,)
+    np.add.at(denominator, nearest, pull)
+    mass = m[anchors].copy()  # (M,)
+    np.add.at(mass, nearest, w * m[context, None])
+    feature = numerator / denominator[:, None]  # (M, d)
+    absorbed = denominator - m[anchors]  # (M,) ρ·w·m taken in
+    diluted = (m[anchors] < self_share * denominator) & (absorbed > 0)  # own share below the floor
+    if diluted.any():  # f·x_a + (1 - f)·(mean of what it absorbed)
+        mean_absorbed = (numerator[diluted] - own[diluted]) / absorbed[diluted, None]
+        feature[diluted] = self_share * x[anchors[diluted]] + (1.0 - self_share) * mean_absorbed
     assignment = np.full(tokens.n, -1, np.int64)  # anchors: themselves; context: the largest w_ca
     assignment[anchors] = np.arange(n_anchors)
     assignment[context] = np.where(w[:, 0] > 0, nearest[:, 0], -1)  # best first; ties: the lower anchor
-    return Output(anchors, (numerator / denominator[:, None]).astype(np.float32), mass.astype(np.float32),
-                  assignment)
+    return Output(anchors, feature.astype(np.float32), mass.astype(np.float32), assignment)
 
 
 # ---- tatcs -------------------------------------------------------------------------------------
 
 def tatcs(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     x = exact_unit_rows(tokens.features)  # (n, d)
-    relevance = _normalised_relevance(tokens, x)  # (n,)
+    relevance = _normalised_relevance(tokens, x) if int(options["tatcs_use_text"]) else np.ones(tokens.n)  # (n,)
     centres, similarity = _greedy_centres(x, _seed_scores(tokens.cls_attn, relevance), n_keep)  # (K,), (K, n)
     cluster = _assign_clusters(centres, similarity, relevance, float32_option(options, "tatcs_text_weight"))
     representative = _reselect(tokens, x, cluster, n_keep, relevance, float32_option(options, "tatcs_relevance_mix"))
+    if int(options["tatcs_reselect"]):
+        return _representatives(tokens, cluster, representative)
     return _merge_into_representatives(tokens, x, cluster, representative)
 
 
@@ -165,6 +194,14 @@ def _reselect(tokens: Tokens, x: np.ndarray, cluster: np.ndarray, n_clusters: in
     return np.array([best_row(score, cluster != k) for k in range(n_clusters)])
 
 
+def _representatives(tokens: Tokens, cluster: np.ndarray, representative: np.ndarray) -> Output:
+    """Each cluster as its representative's own row, with the cluster's total mass."""
+    mass = np.zeros(len(representative))  # (K,) summed in row order, as native
+    np.add.at(mass, cluster, tokens.masses.astype(np.float64))
+    return Output(representative, tokens.features[representative], mass.astype(np.float32),
+                  assignment=np.asarray(cluster, np.int64), used_tatcs=True)
+
+
 def _merge_into_representatives(tokens: Tokens, x: np.ndarray, cluster: np.ndarray,
                                 representative: np.ndarray) -> Output:
     """Cluster → its representative's row: ω_i = m_i·max(0, ⟨x̂_i, x̂_rep⟩), ω_rep = m_rep,
@@ -188,4 +225,15 @@ def dcp(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     shift = kappa(tokens.features, tokens.masses, recovered.features, recovered.masses)
     if np.float32(shift) <= max(np.float32(options["tau"]), KAPPA_NOISE):  # float32, as native
         return recovered
-    return tatcs(tokens, n_keep, seed, options)
+    if int(options["dcp_anchors_per_token"]) == 0:  # TATCS on every input row (the first build's reading)
+        return tatcs(tokens, n_keep, seed, options)
+    n_anchors = min(tokens.n, int(options["dcp_anchors_per_token"]) * n_keep)
+    if n_anchors > n_keep:
+        recovered = anchor_context_recovery(tokens, n_anchors, options)
+    anchors = recovered.rows  # (M,) ascending
+    on_anchors = Tokens(features=recovered.features, cls_attn=tokens.cls_attn[anchors], keys=None,
+                        masses=recovered.masses, patch_idx=tokens.patch_idx[anchors], text=tokens.text,
+                        grid=tokens.grid)
+    clustered = tatcs(on_anchors, n_keep, seed, options)  # over the M recovered anchors
+    assignment = np.where(recovered.assignment >= 0, clustered.assignment[np.maximum(recovered.assignment, 0)], -1)
+    return Output(anchors[clustered.rows], clustered.features, clustered.masses, assignment, used_tatcs=True)

@@ -1,0 +1,143 @@
+"""Choose κ's form and τ for DCP-Prune's gate from two validation runs, without re-running the LLM.
+
+    dcp-eval --split validation --methods dcp --tokens 576,32,16 --prune-option tau=1e6 --json acgr.json
+    dcp-eval --split validation --methods dcp --tokens 576,32,16 --prune-option tau=0 --json tatcs.json
+    python -m dcp_desktop.eval.kappa_gate acgr.json tatcs.json [--prune-option NAME=VALUE ...]
+
+The first run keeps ACGR's tokens on every image, the second re-selects with TATCS on every image, with
+the same knobs otherwise. For each image and budget this tool recomputes ACGR's output (the κ gate's
+input) and several forms of κ on it, then reports per form and budget:
+- the Spearman ρ between κ and the image's accuracy loss under ACGR (full − ACGR; what DESIGN.md asks κ to
+  predict), and between κ and TATCS's gain over ACGR (what the gate acts on);
+- the validation accuracy of the gated method for τ at κ's quantiles (0 = always TATCS, 1 = never): picking
+  TATCS's outcome where κ > τ and ACGR's elsewhere is exactly what dcp would answer, since each question is
+  answered in a fresh conversation.
+The κ forms (all between the input tokens and ACGR's K tokens with their masses):
+- `shift_spread`: dcp_kappa (native/prune.h): mean shift in units of spread + |½ ln spread ratio|;
+- `shift`: its first term alone; `spread`: its second term alone;
+- `unweighted`: dcp_kappa with every kept mass 1 (what the LLM sees without the mass bias);
+- `coverage`: 1 − mean over the input tokens of their best cosine to a kept token (how much of the image
+  no kept token resembles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from .. import cli_options, models, scenes
+from ..errors import InputError, run_command
+from ..pipeline import Pipeline, PipelineOptions
+from ..prune import select
+from . import stats
+
+FORMS = ("shift_spread", "shift", "spread", "unweighted", "coverage")
+
+
+def kappa_forms(full: np.ndarray, kept: np.ndarray, masses: np.ndarray) -> dict[str, float]:
+    """Every κ form between the (N, D) input rows and the (K, D) kept rows with their (K,) masses."""
+    x, y, m = full.astype(np.float64), kept.astype(np.float64), masses.astype(np.float64)
+    mean_x, mean_y = x.mean(0), (m[:, None] * y).sum(0) / m.sum()
+    spread_x = ((x - mean_x) ** 2).sum(1).mean()
+    spread_y = (m * ((y - mean_y) ** 2).sum(1)).sum() / m.sum()
+    eps = 1e-6 * (x ** 2).sum(1).mean() + 1e-30
+    shift = math.sqrt(((mean_y - mean_x) ** 2).sum() / (spread_x + eps))
+    spread = abs(0.5 * math.log((spread_y + eps) / (spread_x + eps)))
+    plain_y = y.mean(0)
+    plain_spread = ((y - plain_y) ** 2).sum(1).mean()
+    unweighted = math.sqrt(((plain_y - mean_x) ** 2).sum() / (spread_x + eps)) \
+        + abs(0.5 * math.log((plain_spread + eps) / (spread_x + eps)))
+    ux = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    uy = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-30)
+    coverage = 1.0 - float((ux @ uy.T).max(axis=1).mean())
+    return {"shift_spread": shift + spread, "shift": shift, "spread": spread, "unweighted": unweighted,
+            "coverage": coverage}
+
+
+def _cell(report: dict, tokens: int) -> list[float]:
+    for result in report["results"]:
+        if result["method"] == "dcp" and result["tokens"] == tokens:
+            return result["outcomes"]
+    raise InputError(f"{report.get('split')}: no dcp@{tokens} cell")
+
+
+def _full(report: dict) -> list[float]:
+    return next(r["outcomes"] for r in report["results"] if r["method"] == "full")
+
+
+def per_image(outcomes: list[float], n_per_image: int) -> np.ndarray:
+    return np.asarray(outcomes, np.float64).reshape(-1, n_per_image).mean(axis=1)  # (n_images,)
+
+
+def gate_accuracy(kappa: np.ndarray, acgr: np.ndarray, tatcs: np.ndarray, tau: float) -> float:
+    """Accuracy of dcp with this τ: TATCS's per-image accuracy where κ > τ, ACGR's elsewhere."""
+    return float(np.where(kappa > tau, tatcs, acgr).mean())
+
+
+def analyse(kappas: dict[str, np.ndarray], full: np.ndarray, acgr: np.ndarray, tatcs: np.ndarray) -> dict:
+    out = {}
+    for form, kappa in kappas.items():
+        quantiles = [float(q) for q in np.quantile(kappa, np.linspace(0, 1, 11))]
+        taus = [-math.inf] + quantiles  # -inf: always TATCS; the max quantile: never
+        out[form] = {
+            "spearman_loss": stats.spearman(kappa, full - acgr),
+            "spearman_tatcs_gain": stats.spearman(kappa, tatcs - acgr),
+            "tau_accuracy": [(tau, gate_accuracy(kappa, acgr, tatcs, tau)) for tau in taus],
+        }
+    return out
+
+
+def run(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m dcp_desktop.eval.kappa_gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("acgr", help="dcp-eval --json report with tau=1e6 (ACGR on every image)")
+    parser.add_argument("tatcs", help="the same run with tau=0 (TATCS on every image)")
+    parser.add_argument("--prune-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="the knobs both runs had besides tau")
+    parser.add_argument("--json", default=None, metavar="FILE")
+    cli_options.add_model_options(parser, default="demo")
+    args = parser.parse_args(argv)
+    reports = [json.loads(open(path, encoding="utf-8").read()) for path in (args.acgr, args.tatcs)]
+    n_images = reports[0]["n_images"]
+    n_per_image = reports[0]["n"] // n_images
+    budgets = sorted({r["tokens"] for r in reports[0]["results"] if r["method"] == "dcp"})
+    options = cli_options.parse_prune_options(args.prune_option)
+    seeds = scenes.image_seeds(reports[0]["split"], n_images)
+    kappas = {k: {form: [] for form in FORMS} for k in budgets}
+    with Pipeline(models.resolve(args.model, args.mmproj), PipelineOptions(vision_dtype="float32")) as pipe:
+        for seed in seeds:
+            image = pipe.encode_image(scenes.render_scene(seed)[0])
+            for k in budgets:
+                kept = select(image.features, image.cls_attn, keys=image.keys, n_keep=k, method="acgr", options=options)
+                for form, value in kappa_forms(image.features, kept.features, kept.masses).items():
+                    kappas[k][form].append(value)
+    full = per_image(_full(reports[0]), n_per_image)
+    result = {}
+    for k in budgets:
+        acgr, tatcs = per_image(_cell(reports[0], k), n_per_image), per_image(_cell(reports[1], k), n_per_image)
+        result[k] = analyse({f: np.asarray(v) for f, v in kappas[k].items()}, full, acgr, tatcs)
+        print(f"\n{k} tokens: ACGR {100 * acgr.mean():.1f}%, TATCS {100 * tatcs.mean():.1f}%, "
+              f"per image better with TATCS {int((tatcs > acgr).sum())}, with ACGR {int((acgr > tatcs).sum())}")
+        print("| κ form | ρ(κ, ACGR loss) | ρ(κ, TATCS gain) | best τ (accuracy) |\n|---|---|---|---|")
+        for form, r in result[k].items():
+            tau, accuracy = max(r["tau_accuracy"], key=lambda pair: pair[1])
+            print(f"| {form} | {_number(r['spearman_loss'])} | {_number(r['spearman_tatcs_gain'])} | "
+                  f"{tau:.3g} ({100 * accuracy:.1f}%) |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(result, file, indent=1)
+    return result
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_command("kappa_gate", run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,9 @@
 #
 #   packaging/smoke_test.sh [PATH.deb]      default: the newest packaging/dist/dcp-desktop_*.deb
 #
-# Needs: the dev venv (.venv: it makes the scene and gives the reference answers), Xvfb
-# (apt-get install xvfb), strace; unshare -n when run as root (else the strace check alone).
+# Needs: the dev venv (.venv: it makes the scene and gives the reference answers); Debian packages
+# xvfb (installed here when run as root), x11-utils (xwininfo), strace, bc; unshare -n when run as
+# root (else the strace check alone).
 # Writes packaging/dist/smoke/: screenshot.png, the logs, summary.txt. Exit status 0 = passed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

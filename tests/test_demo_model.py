@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_main
 from dcp_desktop import cli, gguf_file, models
-from dcp_desktop.engine import Engine
+from dcp_desktop.engine import Engine, GenerationParams
 from dcp_desktop import scenes
 from dcp_desktop.eval import harness, report
 from dcp_desktop.bench.mtmd_peer import MtmdEncoder
@@ -43,13 +43,37 @@ def test_llama_cpp_multimodal_path_loads_it():
 
 
 def test_accuracy_on_the_first_100_test_questions_has_not_regressed(demo):
-    """Floors about ten points under what the shipped model measured on 500 test questions on 2026-12-02
-    (full 90.8%, dcp at 16 tokens 74.2%; README), so a regression shows and noise on 100 does not."""
+    """Floors about ten points under what the shipped model (v3, run 12) measured on 800 test questions on
+    2026-12-02 (full 89.8%, dcp at 16 tokens 85.6%; models/demo/README.md), so a regression shows and
+    noise on 100 does not. These 100 measured full 94%, dcp 90%."""
     benchmark = harness.scenes_benchmark("test", 25)
     result = report.evaluate(demo, benchmark, [harness.Cell(harness.FULL, 576), harness.Cell("dcp", 16)])
     full, dcp = result["results"]
     assert full["accuracy"] >= 0.80, full
-    assert dcp["accuracy"] >= 0.64, dcp
+    assert dcp["accuracy"] >= 0.75, dcp
+
+
+def test_follow_up_questions_are_answered_about_as_well_as_first_ones(demo):
+    """Each image's questions as one chat (the first brings the image): floors about ten points under
+    what v3 measured on 200 test images × 4 questions as chats on 2026-12-02 (first 88.5%, follow-ups
+    91.2%; models/demo/README.md, run 12). Run 11, trained on single questions, answered 60% of
+    follow-ups on validation; on these 25 chats it measured first 88%, follow-ups 65%."""
+    benchmark = harness.scenes_benchmark("test", 25)
+    result = report.evaluate(demo, benchmark, [harness.Cell(harness.FULL, 576)], conversation=True)
+    full = result["results"][0]
+    assert full["first_accuracy"] >= 0.80, full
+    assert full["follow_up_accuracy"] >= 0.80, full
+
+
+def test_the_issues_chat_answers_its_follow_up(demo):
+    """The chat a new user tried on run 11 (issue 17): "How many stars are there?" then, without the image
+    again, "What colour is the hexagon?" (run 11 answered "yes")."""
+    encoded = demo.encode_image(scenes.render_scene(README_SEED)[0])
+    demo.new_chat()
+    first = "".join(demo.ask("How many stars are there?", [encoded], GenerationParams(max_tokens=4)))
+    second = "".join(demo.ask("What colour is the hexagon?", [], GenerationParams(max_tokens=4)))
+    demo.new_chat()
+    assert (scenes.normalise_answer(first), scenes.normalise_answer(second)) == ("zero", "orange")
 
 
 def test_readme_example_answers_right_offline(capsys, tmp_path):

@@ -49,6 +49,10 @@ ln -s "$APP/dcp-desktop" "$SCRATCH/bin/dcp-desktop"
 export DCP_DESKTOP_HOME="$SCRATCH/home" HF_HOME="$SCRATCH/hf"  # nothing of the user's is read or written
 
 # --- dcp-chat: the same answers as the venv -----------------------------------------------------
+# The venv reads the demo model from the source tree, the bundle carries the one there at build
+# time: a model replaced since then makes different answers that are no fault of the bundle.
+check "the bundle's demo model is the source tree's (else rebuild: the answers below compare two models)" \
+  bash -c "cd '$ROOT/dcp_desktop/demo' && md5sum *.gguf | (cd '$APP/_internal/dcp_desktop/demo' && md5sum --quiet -c -)"
 "$PY" -m dcp_desktop.scenes --split test --n 1 --out "$SCRATCH/scenes" > /dev/null
 IMAGE="$SCRATCH/scenes/2000000000000000.png"
 same=1

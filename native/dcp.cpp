@@ -116,8 +116,9 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
 void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
                        const spatial_kernel & spatial, double min_similarity, int32_t row,
                        std::vector<double> & affinity) {
+    cosines_with(u.row(row), u, anchors.data(), anchors.size(), affinity.data());
     for (size_t a = 0; a < anchors.size(); ++a) {
-        const double semantic = cosine_f32(u.row(row), u.row(anchors[a]), u.n_cols);
+        const double semantic = affinity[a];
         affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
                                                 : -k_infinity;
     }
@@ -273,6 +274,7 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         preference[i] = 0.5 + 0.5 * seed[i] / seed_max;
     }
     std::vector<uint8_t> is_centre(n, 0);
+    std::vector<double> cosine(n);  // (n,) scratch
     cluster_centres c{{}, std::vector<float>(size_t(n_centres) * n)};
     c.rows.reserve(size_t(n_centres));
     int32_t next = best_row(seed, is_centre);
@@ -280,8 +282,9 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         c.rows.push_back(next);
         is_centre[size_t(next)] = 1;
         float * similarity = c.similarity.data() + k * n;
+        cosines_with(x.row(next), x, nullptr, n, cosine.data());  // ⟨x̂_next, x̂_i⟩ = ⟨x̂_i, x̂_next⟩ bit for bit
         for (size_t i = 0; i < n; ++i) {
-            similarity[i] = float(cosine_f32(x.row(int32_t(i)), x.row(next), x.n_cols));
+            similarity[i] = float(cosine[i]);
             min_distance[i] = std::min(min_distance[i], 1.0 - double(similarity[i]));
         }
         if (k + 1 < size_t(n_centres)) {

@@ -37,6 +37,13 @@ index_list top_k(const float * score, int32_t n, int32_t k) {
     return rows;
 }
 
+DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
+                                    double * out) {
+    for (size_t j = 0; j < n_rows; ++j) {
+        out[j] = double(lane_dot<float, 16>(a, x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+    }
+}
+
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out) {
     std::sort(rows.begin(), rows.end());  // patch_idx ascends with the row, so this is patch order
     const size_t d = size_t(t.n_dim), n_kept = rows.size();
@@ -50,18 +57,15 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
     }
     if (n_kept < size_t(t.n_tokens)) {
         const unit_set x = exact_unit_rows(t.features, t.n_tokens, t.n_dim);
+        std::vector<double> similarity(n_kept);  // (K,) scratch
         for (int32_t i = 0; i < t.n_tokens; ++i) {
             if (token[size_t(i)] >= 0) {
                 continue;
             }
+            cosines_with(x.row(i), x, rows.data(), n_kept, similarity.data());
             size_t nearest = 0;
-            double best = cosine_f32(x.row(i), x.row(rows[0]), d);
             for (size_t k = 1; k < n_kept; ++k) {
-                const double similarity = cosine_f32(x.row(i), x.row(rows[k]), d);
-                if (similarity > best) {
-                    best = similarity;
-                    nearest = k;
-                }
+                nearest = similarity[k] > similarity[nearest] ? k : nearest;
             }
             token[size_t(i)] = int32_t(nearest);
             mass[nearest] += mass_of(t, i);

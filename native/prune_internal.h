@@ -31,8 +31,15 @@ constexpr double k_infinity = std::numeric_limits<double>::infinity();
 // Σ a[k]·b[k] in a fixed order: lane l sums k = l, l + Lanes, l + 2·Lanes, ... in Acc; then the
 // lanes are added pairwise ((0+1), (2+3), ... then again) down to one. The independent lanes let
 // the compiler vectorise without reassociating. Lanes is a power of two.
+// Always inlined, so a vector clone (DCP_VECTOR_CLONES, below) compiles it for its own target.
+#if defined(__GNUC__)
+#define DCP_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DCP_ALWAYS_INLINE inline
+#endif
+
 template <typename Acc, size_t Lanes, typename A, typename B>
-Acc lane_dot(const A * a, const B * b, size_t n) {
+DCP_ALWAYS_INLINE Acc lane_dot(const A * a, const B * b, size_t n) {
     static_assert(Lanes > 0 && (Lanes & (Lanes - 1)) == 0, "Lanes must be a power of two");
     Acc lane[Lanes] = {};
     size_t k = 0;
@@ -89,6 +96,19 @@ unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
     }
     return unit;
 }
+
+// The hot cosine loops are compiled twice where the toolchain can pick a clone at load time (GCC on
+// x86-64 Linux): for AVX2 and for the baseline. The lanes sum in the same order either way (no FMA:
+// -ffp-contract=off), so both clones give the same bits, and the twin still replays them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define DCP_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DCP_VECTOR_CLONES
+#endif
+
+// out[j] = cosine_f32(a, x.row(rows[j])) for j in 0 .. n_rows-1, or with x.row(j) when rows is NULL.
+DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
+                                    double * out);
 
 // The row with the highest score among those not excluded (excluded[i] != 0); ties go to the
 // lower row. -1 when every row is excluded. Twin: best_row.

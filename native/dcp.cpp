@@ -235,6 +235,16 @@ std::vector<double> normalised_relevance(const dcp_tokens & t, const unit_set & 
     return relevance;
 }
 
+// s̃ = s / max s (all 1 when max s <= 0).
+std::vector<double> attention_share(const dcp_tokens & t) {
+    const double s_max = *std::max_element(t.cls_attn, t.cls_attn + t.n_tokens);
+    std::vector<double> share(size_t(t.n_tokens), 1.0);
+    for (size_t i = 0; s_max > 0.0 && i < share.size(); ++i) {
+        share[i] = double(t.cls_attn[i]) / s_max;
+    }
+    return share;
+}
+
 // Seed score g = s̃·r̃ with s̃ = s / max s (1 when max s <= 0); all 1 when max g <= 0.
 std::vector<double> seed_scores(const dcp_tokens & t, const std::vector<double> & relevance) {
     const double s_max = *std::max_element(t.cls_attn, t.cls_attn + t.n_tokens);
@@ -404,7 +414,8 @@ merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clust
     const cluster_centres centres = greedy_centres(x, seed_scores(t, relevance), n_clusters);
     const index_list cluster = assign_clusters(centres, relevance, o.tatcs_text_weight);
     const index_list representative =
-        reselect(t, x, cluster, size_t(n_clusters), relevance, o.tatcs_relevance_mix);
+        reselect(t, x, cluster, size_t(n_clusters), o.tatcs_reselect_by ? attention_share(t) : relevance,
+                 o.tatcs_relevance_mix);
     return o.tatcs_reselect ? representatives(t, cluster, representative)
                             : merge_into_representatives(t, x, cluster, representative);
 }

@@ -116,8 +116,9 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
 void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
                        const spatial_kernel & spatial, double min_similarity, int32_t row,
                        std::vector<double> & affinity) {
+    cosines_with(u.row(row), u, anchors.data(), anchors.size(), affinity.data());
     for (size_t a = 0; a < anchors.size(); ++a) {
-        const double semantic = cosine_f32(u.row(row), u.row(anchors[a]), u.n_cols);
+        const double semantic = affinity[a];
         affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
                                                 : -k_infinity;
     }
@@ -234,6 +235,16 @@ std::vector<double> normalised_relevance(const dcp_tokens & t, const unit_set & 
     return relevance;
 }
 
+// s̃ = s / max s (all 1 when max s <= 0).
+std::vector<double> attention_share(const dcp_tokens & t) {
+    const double s_max = *std::max_element(t.cls_attn, t.cls_attn + t.n_tokens);
+    std::vector<double> share(size_t(t.n_tokens), 1.0);
+    for (size_t i = 0; s_max > 0.0 && i < share.size(); ++i) {
+        share[i] = double(t.cls_attn[i]) / s_max;
+    }
+    return share;
+}
+
 // Seed score g = s̃·r̃ with s̃ = s / max s (1 when max s <= 0); all 1 when max g <= 0.
 std::vector<double> seed_scores(const dcp_tokens & t, const std::vector<double> & relevance) {
     const double s_max = *std::max_element(t.cls_attn, t.cls_attn + t.n_tokens);
@@ -273,6 +284,7 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         preference[i] = 0.5 + 0.5 * seed[i] / seed_max;
     }
     std::vector<uint8_t> is_centre(n, 0);
+    std::vector<double> cosine(n);  // (n,) scratch
     cluster_centres c{{}, std::vector<float>(size_t(n_centres) * n)};
     c.rows.reserve(size_t(n_centres));
     int32_t next = best_row(seed, is_centre);
@@ -280,8 +292,9 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         c.rows.push_back(next);
         is_centre[size_t(next)] = 1;
         float * similarity = c.similarity.data() + k * n;
+        cosines_with(x.row(next), x, nullptr, n, cosine.data());  // ⟨x̂_next, x̂_i⟩ = ⟨x̂_i, x̂_next⟩ bit for bit
         for (size_t i = 0; i < n; ++i) {
-            similarity[i] = float(cosine_f32(x.row(int32_t(i)), x.row(next), x.n_cols));
+            similarity[i] = float(cosine[i]);
             min_distance[i] = std::min(min_distance[i], 1.0 - double(similarity[i]));
         }
         if (k + 1 < size_t(n_centres)) {
@@ -401,7 +414,8 @@ merged_tokens text_aware_cluster_selection(const dcp_tokens & t, int32_t n_clust
     const cluster_centres centres = greedy_centres(x, seed_scores(t, relevance), n_clusters);
     const index_list cluster = assign_clusters(centres, relevance, o.tatcs_text_weight);
     const index_list representative =
-        reselect(t, x, cluster, size_t(n_clusters), relevance, o.tatcs_relevance_mix);
+        reselect(t, x, cluster, size_t(n_clusters), o.tatcs_reselect_by ? attention_share(t) : relevance,
+                 o.tatcs_relevance_mix);
     return o.tatcs_reselect ? representatives(t, cluster, representative)
                             : merge_into_representatives(t, x, cluster, representative);
 }
@@ -428,16 +442,18 @@ dcp_status prune_tatcs(const dcp_tokens & t, const dcp_prune_params & p, dcp_sel
 dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
     const unit_set semantic = semantic_unit_rows(t);
     merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
-    const float kappa = dcp_kappa(t.features, t.masses_in, t.n_tokens, recovered.features.data(),
-                                  recovered.masses.data(), p.n_keep, t.n_dim);
+    const kappa_reference input = kappa_reference_of(t.features, t.masses_in, t.n_tokens, t.n_dim);  // once
+    const float kappa = kappa_from(input, recovered.features.data(), recovered.masses.data(), p.n_keep);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
         emit(t, recovered, out);
+        out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);  // in output order, as dcp_prune's
         return DCP_STATUS_OK;
     }
     if (p.options.dcp_anchors_per_token == 0) {  // TATCS on every input row (the first build's reading)
         emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
                        : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
         out.used_tatcs = true;
+        out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);
         return DCP_STATUS_OK;
     }
     // TATCS re-clusters the recovered anchors of a wider ACGR (M = anchors_per_token·K of them).
@@ -471,6 +487,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     clustered.local = std::move(local);
     emit(t, clustered, out);
     out.used_tatcs = true;
+    out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);
     return DCP_STATUS_OK;
 }
 

@@ -101,6 +101,9 @@ constexpr option_row k_options[] = {
     {{"tatcs_use_text", DCP_OPTION_TYPE_INT32, 0, 0, false, 1,
       used_by(DCP_METHOD_TATCS, DCP_METHOD_DCP), "1: the question's relevance shapes the clusters; 0: text-free"},
      nullptr, &dcp_options::tatcs_use_text},
+    {{"tatcs_reselect_by", DCP_OPTION_TYPE_INT32, 0, 0, false, 1,
+      used_by(DCP_METHOD_TATCS, DCP_METHOD_DCP), "reselection prefers 0: relevance, 1: [CLS] attention"},
+     nullptr, &dcp_options::tatcs_reselect_by},
     // VisionZip's own split: 54 dominant + 10 contextual of 64.
     {{"visionzip_dominant_ratio", DCP_OPTION_TYPE_FLOAT, 54.0 / 64.0, 0, false, 1,
       used_by(DCP_METHOD_VISIONZIP), "share of n_keep kept as dominant tokens"},

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -37,6 +38,24 @@ index_list top_k(const float * score, int32_t n, int32_t k) {
     return rows;
 }
 
+DCP_VECTOR_CLONES void unit_rows_f32(const float * x, size_t n_rows, size_t n_cols, float * out) {
+    for (size_t i = 0; i < n_rows; ++i) {
+        const float * row = x + i * n_cols;
+        const double norm = std::sqrt(dot_f64(row, row, n_cols));
+        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
+        for (size_t j = 0; j < n_cols; ++j) {
+            out[i * n_cols + j] = float(double(row[j]) * scale);
+        }
+    }
+}
+
+DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
+                                    double * out) {
+    for (size_t j = 0; j < n_rows; ++j) {
+        out[j] = double(lane_dot<float, 16>(a, x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+    }
+}
+
 void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection & out) {
     std::sort(rows.begin(), rows.end());  // patch_idx ascends with the row, so this is patch order
     const size_t d = size_t(t.n_dim), n_kept = rows.size();
@@ -50,18 +69,15 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
     }
     if (n_kept < size_t(t.n_tokens)) {
         const unit_set x = exact_unit_rows(t.features, t.n_tokens, t.n_dim);
+        std::vector<double> similarity(n_kept);  // (K,) scratch
         for (int32_t i = 0; i < t.n_tokens; ++i) {
             if (token[size_t(i)] >= 0) {
                 continue;
             }
+            cosines_with(x.row(i), x, rows.data(), n_kept, similarity.data());
             size_t nearest = 0;
-            double best = cosine_f32(x.row(i), x.row(rows[0]), d);
             for (size_t k = 1; k < n_kept; ++k) {
-                const double similarity = cosine_f32(x.row(i), x.row(rows[k]), d);
-                if (similarity > best) {
-                    best = similarity;
-                    nearest = k;
-                }
+                nearest = similarity[k] > similarity[nearest] ? k : nearest;
             }
             token[size_t(i)] = int32_t(nearest);
             mass[nearest] += mass_of(t, i);
@@ -189,7 +205,8 @@ dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
 // Both are summed per column, one running sum per dimension, so the loops vectorise without
 // reassociating; a single running sum would be one long dependency chain, and κ runs on every
 // dcp_prune call (twice for dcp).
-double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t n_dim, std::vector<double> & mean) {
+DCP_VECTOR_CLONES double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t n_dim,
+                                         std::vector<double> & mean) {
     const size_t d = size_t(n_dim);
     std::fill(mean.begin(), mean.end(), 0.0);
     double total = 0.0;
@@ -219,6 +236,26 @@ double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
 }
 
 } // namespace
+
+kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim) {
+    kappa_reference ref{std::vector<double>(static_cast<size_t>(n_dim)), 0.0, 0.0};
+    ref.spread = mean_and_spread(a, masses_a, n_a, n_dim, ref.mean);
+    ref.eps = 1e-6 * mean_squared_norm(a, n_a, n_dim) + 1e-30;
+    return ref;
+}
+
+float kappa_from(const kappa_reference & ref, const float * b, const float * masses_b, int32_t n_b) {
+    const size_t n_dim = ref.mean.size();
+    std::vector<double> mean_b(n_dim);
+    const double spread_b = mean_and_spread(b, masses_b, n_b, int32_t(n_dim), mean_b);
+    double shift = 0.0;
+    for (size_t j = 0; j < n_dim; ++j) {
+        shift += (mean_b[j] - ref.mean[j]) * (mean_b[j] - ref.mean[j]);
+    }
+    return float(std::sqrt(shift / (ref.spread + ref.eps))
+                 + std::fabs(0.5 * std::log((spread_b + ref.eps) / (ref.spread + ref.eps))));
+}
+
 } // namespace dcp
 
 // ---- public API ------------------------------------------------------------------------------
@@ -227,15 +264,7 @@ using namespace dcp;
 
 float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
                 const float * b, const float * masses_b, int32_t n_b, int32_t n_dim) {
-    std::vector<double> mean_a(static_cast<size_t>(n_dim)), mean_b(static_cast<size_t>(n_dim));
-    const double spread_a = mean_and_spread(a, masses_a, n_a, n_dim, mean_a);
-    const double spread_b = mean_and_spread(b, masses_b, n_b, n_dim, mean_b);
-    const double eps = 1e-6 * mean_squared_norm(a, n_a, n_dim) + 1e-30;
-    double shift = 0.0;
-    for (size_t j = 0; j < size_t(n_dim); ++j) {
-        shift += (mean_b[j] - mean_a[j]) * (mean_b[j] - mean_a[j]);
-    }
-    return float(std::sqrt(shift / (spread_a + eps)) + std::fabs(0.5 * std::log((spread_b + eps) / (spread_a + eps))));
+    return kappa_from(kappa_reference_of(a, masses_a, n_a, n_dim), b, masses_b, n_b);
 }
 
 dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_selection * out) {
@@ -244,10 +273,11 @@ dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_sel
         return status;
     }
     out->used_tatcs = false;
+    out->kappa = std::numeric_limits<float>::quiet_NaN();  // a method may write it (dcp does, from its own reference)
     status = method_function(params.method)(*tokens, params, *out);
-    if (status == DCP_STATUS_OK) {
-        out->kappa = dcp_kappa(tokens->features, tokens->masses_in, tokens->n_tokens,
-                               out->features, out->masses, params.n_keep, tokens->n_dim);
+    if (status == DCP_STATUS_OK && std::isnan(out->kappa)) {
+        out->kappa = kappa_from(kappa_reference_of(tokens->features, tokens->masses_in, tokens->n_tokens, tokens->n_dim),
+                                out->features, out->masses, params.n_keep);
     }
     return status;
 }

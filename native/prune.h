@@ -152,7 +152,8 @@ enum dcp_method {
     // duplicates left), the non-centre maximising g. Assignment: each non-centre joins the
     // centre maximising cos(x̂_i, x̂_c) - λ_t·|r̃_i - r̃_c| (λ_t = options.tatcs_text_weight; ties:
     // the centre chosen first). Reselection: μ_Q = unit(Σ_{i∈Q} m_i·x̂_i); representative = the
-    // member maximising η·r̃_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix). The output
+    // member maximising η·p_i + (1-η)·cos(x̂_i, μ_Q) (η = options.tatcs_relevance_mix; p = r̃, or s̃
+    // with options.tatcs_reselect_by = 1). The output
     // token sits on the representative's row with mass Σ_{i∈Q} m_i (summed in row order) and, with
     // options.tatcs_reselect = 1, the representative's own feature; with 0, the merge
     // Σ ω_i·x_i / Σ ω_i, ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep.
@@ -207,6 +208,7 @@ struct dcp_options {
     int32_t dcp_anchors_per_token;
     int32_t tatcs_reselect;
     int32_t tatcs_use_text;
+    int32_t tatcs_reselect_by;
 };
 
 struct dcp_prune_params {

@@ -31,8 +31,15 @@ constexpr double k_infinity = std::numeric_limits<double>::infinity();
 // Σ a[k]·b[k] in a fixed order: lane l sums k = l, l + Lanes, l + 2·Lanes, ... in Acc; then the
 // lanes are added pairwise ((0+1), (2+3), ... then again) down to one. The independent lanes let
 // the compiler vectorise without reassociating. Lanes is a power of two.
+// Always inlined, so a vector clone (DCP_VECTOR_CLONES, below) compiles it for its own target.
+#if defined(__GNUC__)
+#define DCP_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DCP_ALWAYS_INLINE inline
+#endif
+
 template <typename Acc, size_t Lanes, typename A, typename B>
-Acc lane_dot(const A * a, const B * b, size_t n) {
+DCP_ALWAYS_INLINE Acc lane_dot(const A * a, const B * b, size_t n) {
     static_assert(Lanes > 0 && (Lanes & (Lanes - 1)) == 0, "Lanes must be a power of two");
     Acc lane[Lanes] = {};
     size_t k = 0;
@@ -54,9 +61,18 @@ Acc lane_dot(const A * a, const B * b, size_t n) {
 
 // Σ a[k]·b[k] in double, 8 lanes (a float·float product is exact in double). Twin: dot_f64.
 template <typename A, typename B>
-double dot_f64(const A * a, const B * b, size_t n) {
+DCP_ALWAYS_INLINE double dot_f64(const A * a, const B * b, size_t n) {
     return lane_dot<double, 8>(a, b, n);
 }
+
+// The hot cosine loops are compiled twice where the toolchain can pick a clone at load time (GCC on
+// x86-64 Linux): for AVX2 and for the baseline. The lanes sum in the same order either way (no FMA:
+// -ffp-contract=off), so both clones give the same bits, and the twin still replays them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define DCP_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DCP_VECTOR_CLONES
+#endif
 
 // ⟨a, b⟩ of two unit rows: float32 in 16 lanes (4 SSE registers of independent sums), widened.
 // Twin: cosines (prune_reference/common.py).
@@ -76,6 +92,19 @@ struct unit_set {
 // (exact_unit_rows): the norm summed by dot_f64, then x·(1/norm) rounded to float32; all-zero
 // rows stay zero.
 template <typename T>
+unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols);
+
+// The float32 rows (image tokens: the hot case) through a vector clone; the same bits.
+DCP_VECTOR_CLONES void unit_rows_f32(const float * x, size_t n_rows, size_t n_cols, float * out);
+
+template <>
+inline unit_set exact_unit_rows<float>(const float * x, int32_t n_rows, int32_t n_cols) {
+    unit_set unit{std::vector<float>(size_t(n_rows) * size_t(n_cols)), size_t(n_cols)};
+    unit_rows_f32(x, size_t(n_rows), size_t(n_cols), unit.data.data());
+    return unit;
+}
+
+template <typename T>
 unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
     const size_t d = size_t(n_cols);
     unit_set unit{std::vector<float>(size_t(n_rows) * d), d};
@@ -90,12 +119,28 @@ unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
     return unit;
 }
 
+
+// out[j] = cosine_f32(a, x.row(rows[j])) for j in 0 .. n_rows-1, or with x.row(j) when rows is NULL.
+DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
+                                    double * out);
+
 // The row with the highest score among those not excluded (excluded[i] != 0); ties go to the
 // lower row. -1 when every row is excluded. Twin: best_row.
 int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> & excluded);
 
 // The k rows with the highest score, best first; ties go to the lower row. Twin: top_k.
 index_list top_k(const float * score, int32_t n, int32_t k);
+
+// ---- κ (dcp_kappa in prune.h) in two steps, so a method that needs κ twice sums its input once ----
+
+struct kappa_reference {
+    std::vector<double> mean;  // (n_dim,) mass-weighted mean of the reference set a
+    double              spread;  // its mass-weighted mean squared distance to the mean
+    double              eps;     // 1e-6 · mean |a|² + 1e-30
+};
+kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim);
+// dcp_kappa(a, b) bit for bit, from a's reference.
+float kappa_from(const kappa_reference & ref, const float * b, const float * masses_b, int32_t n_b);
 
 // ---- token accessors ---------------------------------------------------------------------------
 

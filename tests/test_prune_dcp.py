@@ -65,6 +65,7 @@ dcp_options = st.fixed_dictionaries({
     "dcp_anchors_per_token": st.sampled_from([0, 1, 4, 64]),
     "tatcs_reselect": st.sampled_from([0, 1]),
     "tatcs_use_text": st.sampled_from([0, 1]),
+    "tatcs_reselect_by": st.sampled_from([0, 1]),
 })
 
 

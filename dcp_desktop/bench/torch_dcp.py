@@ -93,7 +93,8 @@ def tatcs(x, s, text, masses, n_keep: int, options: dict):
     for k in range(n_keep):
         members = torch.nonzero(cluster == k).squeeze(1)
         direction = _unit((masses[members, None] * xh[members]).sum(0))
-        rep = members[int(torch.argmax(eta * r[members] + (1 - eta) * (xh[members] @ direction)))]
+        preferred = s_tilde if int(options["tatcs_reselect_by"]) else r
+        rep = members[int(torch.argmax(eta * preferred[members] + (1 - eta) * (xh[members] @ direction)))]
         omega = masses[members] * torch.clamp(xh[members] @ xh[rep], min=0)
         omega[members == rep] = masses[rep]
         rows.append(int(rep))

@@ -8,7 +8,6 @@ eval/calibration.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 
@@ -21,6 +20,7 @@ from ..errors import InputError, run_command
 from ..inllm import btp
 from ..pipeline import Pipeline, PipelineOptions
 from . import calibration, harness
+from .report import write_json
 
 
 def run(argv: list[str]) -> dict:
@@ -59,8 +59,7 @@ def run(argv: list[str]) -> dict:
               "trials_per_method": calibration.TRIALS, **found}
     print(calibration.table(args.tokens, found["trials"], found["chosen"]))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(report, file, indent=1)
+        write_json(args.json, report)
     return report
 
 

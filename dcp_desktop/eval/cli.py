@@ -12,7 +12,6 @@ per question type, mean κ and time per stage for every cell. Bad input prints o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from tqdm import tqdm
@@ -103,8 +102,7 @@ def run(argv: list[str]) -> dict:
                                      conversation=args.conversation, progress=bar)
     print(report.table(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=1)
+        report.write_json(args.json, result)
     if args.plot:
         report.plot(result, args.plot)
     return result

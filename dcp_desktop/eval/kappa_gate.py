@@ -33,6 +33,7 @@ from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
 from ..prune import select
 from . import stats
+from .report import write_json
 
 FORMS = ("shift_spread", "shift", "spread", "unweighted", "coverage")
 
@@ -126,8 +127,7 @@ def run(argv: list[str]) -> dict:
             print(f"| {form} | {_number(r['spearman_loss'])} | {_number(r['spearman_tatcs_gain'])} | "
                   f"{tau:.3g} ({100 * accuracy:.1f}%) |")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=1)
+        write_json(args.json, result)
     return result
 
 

@@ -18,7 +18,6 @@ from each signal; the AUC is the chance that a patch of a named object scores ab
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from .. import cli_options, models, scenes
 from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
 from . import stats
+from .report import write_json
 
 SIGNALS = ("all_words", "content_words", "llm_space", "cls")
 CONTENT_WORDS = frozenset(scenes.SHAPES) | frozenset(scenes.COLOURS) | frozenset(scenes.PLURALS.values())
@@ -119,8 +119,7 @@ def run(argv: list[str]) -> dict:
     for name, value in result["median_auc"].items():
         print(f"  {name:14s} {'-' if value is None else f'{value:.3f}'}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(result, file, indent=1)
+        write_json(args.json, result)
     return result
 
 

@@ -10,6 +10,7 @@ Spearman correlation with the per-image accuracy loss within each pruned cell, a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,9 @@ def plot(report: dict, path: str | Path) -> None:
     axes.legend()
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    """A tool's report as indented JSON (every eval tool's --json FILE)."""
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=1)

@@ -102,6 +102,9 @@ def _interactive(pipe: Pipeline, first_image: EncodedImage, args) -> None:
     params = GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     pending = [first_image]
     print("Ask about the image. Commands: /image PATH (add an image), /new (new chat), /quit.", file=sys.stderr)
+    if pipe.options.follow_ups == "reprune" and not pipe.reprunes_follow_ups:
+        print(f"[--follow-ups reprune: {pipe.options.method} does not read the question here, so follow-ups keep "
+              "the first question's tokens]", file=sys.stderr)
     while True:
         try:
             line = input("> ").strip()

@@ -11,7 +11,7 @@ import argparse
 
 from . import inllm, models
 from .errors import InputError
-from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, POSITIONS, PipelineOptions
+from .pipeline import DEFAULT_METHOD, DEFAULT_TOKENS, FOLLOW_UPS, POSITIONS, PipelineOptions
 from .prune import DEFAULT_OPTIONS, METHODS
 from .vision import VISION_DTYPES
 
@@ -86,6 +86,11 @@ def add_pruning_options(group, *, single_budget: bool) -> None:
                        help="let the LLM weigh each kept token by how many patches it stands for (ln m_k added to "
                             "the attention toward it, in every layer; default on; off needs no attention bias in "
                             "llama.cpp)")
+    group.add_argument("--follow-ups", default="keep", choices=FOLLOW_UPS,
+                       help="what a follow-up question about an image already in the chat sees: 'keep' (default) "
+                            "the tokens chosen with the first question; 'reprune' tokens chosen again with the "
+                            "new question (only methods that read the question: cdpruner, or dcp/tatcs with "
+                            "tatcs_use_text=1), re-decoding the chat from the image on")
     group.add_argument("--positions", default="grid", choices=POSITIONS,
                        help="where the kept image tokens sit in the LLM's sequence: 'grid' (default) gives each "
                             "the position its patch has in the full 576-token image, so the question sees the "
@@ -123,7 +128,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
         acgr_layer=args.acgr_layer, acgr_anchors=args.acgr_anchors,
         prune_options=parse_prune_options(args.prune_option), inllm_options=inllm.parse_options(getattr(args, "inllm_option", [])),
         seed=getattr(args, "seed", 0) or 0,
-        positions=args.positions, mass_bias=args.mass_bias == "on", n_threads=args.threads,
+        positions=args.positions, follow_ups=args.follow_ups, mass_bias=args.mass_bias == "on", n_threads=args.threads,
         n_gpu_layers=args.n_gpu_layers, device=args.device,
         vision_dtype=args.vision_dtype, engine=getattr(args, "engine", "llamacpp"),
         verbose=getattr(args, "verbose", False))

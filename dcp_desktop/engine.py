@@ -17,6 +17,12 @@ positions with gaps (native/llama.cpp-patches/0002). Positions count against the
 (the model knows no position past its training context), so an image whose full span no longer fits is
 packed: K positions, as many as its cells.
 
+Re-pruned follow-ups: a text-aware method may choose an image's K rows anew for a follow-up question
+(pipeline.py, --follow-ups reprune). `replace_images` then drops the cache from the conversation's first
+image on and decodes it again, new rows in place of the old ones and the same text after them: every
+later token must see the rows the question now sees. The engine keeps a log of what it decoded after
+the system prefix for that.
+
 Mass: a kept row that stands for m_k patches gets ln m_k added to every attention logit toward it, in
 every layer and head (patch 0001, a per-cell bias), when its ImageRows carry a bias. The bias is set once
 the rows are in the cache, so the rows do not see each other's bias; every later token does. On the
@@ -62,6 +68,18 @@ class GenerationParams:
     seed: int = 0
 
 
+@dataclass
+class _Decoded:
+    """One stretch of the conversation in the cache, as `replace_images` replays it: text tokens, or one
+    image's rows."""
+
+    position: int  # where it starts
+    n_past: int  # cells in the cache before it
+    tokens: list[int] | None = None
+    image: ImageRows | None = None
+    room_after: int = 0  # an image's inject() argument
+
+
 BACKENDS = ("llamacpp", "torch")  # the LLM in llama.cpp (the app), or in PyTorch (evaluation: torch_llama.py)
 
 
@@ -86,8 +104,10 @@ class Engine:
         self.position = 0  # the position the next token takes (past a pruned image's unused positions)
         self.n_past = 0  # cells in the cache: text tokens + image rows, prefix included
         self.turn_images: list[tuple[int, int]] = []  # positions [p0, p1) of the images the last turn added
+        self._log: list[_Decoded] = []  # what follows the system prefix (replace_images replays it)
         self.decode_tokens(template.system_ids(self.tokenize, self.llama.bos))
         self.n_prefix = self.n_past  # the cached system prefix
+        self._log.clear()
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -108,6 +128,7 @@ class Engine:
         self.llama.remove(self.n_prefix)
         self.n_past = self.position = self.n_prefix
         self._answered = False
+        self._log.clear()
 
     def tokenize(self, text: str) -> list[int]:
         return self.llama.tokenize(text)
@@ -126,6 +147,26 @@ class Engine:
                 self.inject(image, room_after=later)
             self.decode_tokens(tail)
         self._answered = False
+
+    def replace_images(self, images: list[ImageRows]) -> int:
+        """Put `images` in place of the conversation's images, in order: the cache from the first image on
+        is decoded again, with the same text after each image (see the module docstring). Returns how many
+        cells it decoded."""
+        starts = [i for i, part in enumerate(self._log) if part.image is not None]
+        if len(images) != len(starts):
+            raise ValueError(f"replace_images: the conversation holds {len(starts)} images, got {len(images)}")
+        if not starts:
+            return 0
+        replay = self._log[starts[0]:]
+        del self._log[starts[0]:]
+        self.position, self.n_past = replay[0].position, replay[0].n_past
+        new = iter(images)
+        for part in replay:
+            if part.image is None:
+                self.decode_tokens(part.tokens)
+            else:
+                self.inject(next(new), room_after=part.room_after)
+        return self.n_past - replay[0].n_past
 
     @contextmanager
     def _between_layers(self, hooks):
@@ -195,6 +236,7 @@ class Engine:
         if image.bias is not None:  # once the rows are cells (see the module docstring)
             for position, bias in zip(start + offsets, image.bias):
                 self.llama.set_bias(int(position), int(position) + 1, float(bias))
+        self._log.append(_Decoded(start, self.n_past, image=image, room_after=room_after))
         self.n_past += len(rows)
         self.position = start + span
         self.turn_images.append((start, self.position))
@@ -229,11 +271,17 @@ class Engine:
     def _decode(self, tokens: np.ndarray) -> None:
         """Decode token ids from self.position on, n_batch at a time."""
         self.llama.remove(self.position)  # stale cells of an interrupted decode
+        decoded = _Decoded(self.position, self.n_past, tokens=[int(t) for t in tokens])
         for start in range(0, len(tokens), self.llama.n_batch):
             chunk = tokens[start:start + self.llama.n_batch]
             self.llama.decode(np.arange(self.position, self.position + len(chunk)), tokens=chunk)
             self.position += len(chunk)
             self.n_past += len(chunk)
+        last = self._log[-1] if self._log else None
+        if last is not None and last.tokens is not None and last.position + len(last.tokens) == decoded.position:
+            last.tokens += decoded.tokens  # one stretch: an answer's tokens come one at a time
+        else:
+            self._log.append(decoded)
 
     def _check_room(self, n_new: int) -> None:
         """n_new more positions (one per cell, packed) must fit in the context."""

@@ -6,7 +6,10 @@ vision tower (PyTorch) and the LLM (llama.cpp) once, and then
     blocks after that layer run on CLS + M anchor tokens only);
   - `ask`: prunes each new image to K tokens *with the question* (text-aware methods need it),
     projects the K tokens, injects them, and streams the answer. Images already in the
-    conversation are not pruned or sent again: follow-up questions reuse the cache.
+    conversation are not pruned or sent again: follow-up questions reuse the cache. With
+    `follow_ups="reprune"` a text-aware method chooses each earlier image's tokens again for every
+    follow-up, from the image's vision features kept for the chat, and the engine re-decodes the
+    conversation from the first image on (engine.replace_images).
 Every stage is timed, so `dcp-chat --json` can say where the time went.
 """
 
@@ -27,7 +30,7 @@ from .image import load_image, preprocess
 from .inllm import METHODS as INLLM_METHODS
 from .inllm import make_pruner
 from .models import ModelFiles, ModelInfo, validate
-from .prune import METHODS, TEXT_AWARE, Selection, check_n_keep, select
+from .prune import METHODS, Selection, check_n_keep, reads_question, select
 from .question import TokenEmbeddings
 from .project import Projector
 from .vision import EncoderState, VisionTower, pick_device, pick_dtype
@@ -35,6 +38,7 @@ from .vision import EncoderState, VisionTower, pick_device, pick_dtype
 DEFAULT_METHOD = "dcp"
 DEFAULT_TOKENS = 16
 POSITIONS = ("grid", "packed")  # where kept image rows sit in the LLM's sequence (see engine.py)
+FOLLOW_UPS = ("keep", "reprune")  # a follow-up question sees the first question's tokens, or its own
 ANCHORS_PER_TOKEN = 4  # in-encoder ACGR keeps M = 4·K anchors by default (M > K: the final pruning still chooses)
 
 
@@ -48,6 +52,7 @@ class PipelineOptions:
     inllm_options: dict = field(default_factory=dict)  # knobs of the in-LLM methods (inllm.KNOBS)
     seed: int = 0  # for the "random" method
     positions: str = "grid"  # kept rows sit at their patches' RoPE positions; "packed": one after another
+    follow_ups: str = "keep"  # "reprune": text-aware methods choose an image's tokens again for each follow-up
     # the LLM weighs each kept row by the patches it stands for: ln m_k on its logits. On by default: on 400
     # validation questions it added 6-10 points to dcp, divprune and cdpruner at 16 and 32 tokens (docs/dcp-prune.md)
     mass_bias: bool = True
@@ -114,6 +119,8 @@ def check_budget(options: PipelineOptions, cfg: VisionConfig) -> tuple[int, int 
         _check_inllm(options)
     if options.positions not in POSITIONS:
         raise InputError(f"--positions: unknown '{options.positions}'; choose one of {', '.join(POSITIONS)}")
+    if options.follow_ups not in FOLLOW_UPS:
+        raise InputError(f"--follow-ups: unknown '{options.follow_ups}'; choose one of {', '.join(FOLLOW_UPS)}")
     n_patches, n_blocks = cfg.n_patches, cfg.n_blocks
     n_keep = n_patches if options.method == "full" else options.n_keep
     n_keep = check_n_keep(n_keep, options.method, n_patches, (cfg.grid, cfg.grid), whole_grid=True,
@@ -148,6 +155,7 @@ class Pipeline:
     def __init__(self, files: ModelFiles, options: PipelineOptions = PipelineOptions()):
         self.files = files
         self.token_embeddings: TokenEmbeddings | None = None
+        self.chat_images: list[EncodedImage] = []  # the conversation's images, in order (for re-pruning)
         self.load_ms: dict[str, float] = {}
         with _timed(self.load_ms, "load"):
             self.info: ModelInfo = validate(files)  # cheap metadata checks before anything loads
@@ -168,7 +176,7 @@ class Pipeline:
         options — threads, device, context — keep the values the Pipeline was built with)."""
         self.n_keep, self.acgr_layer, self.n_anchors = self.check(options)
         self.options = options
-        if options.method in TEXT_AWARE and self.token_embeddings is None:
+        if reads_question(options.method, options.prune_options) and self.token_embeddings is None:
             self.token_embeddings = TokenEmbeddings(self.files.llm)  # question rows come from the LLM file
 
     def check(self, options: PipelineOptions) -> tuple[int, int | None, int]:
@@ -243,7 +251,8 @@ class Pipeline:
         cfg, timings = self.vision.cfg, dict(image.timings_ms)
         inllm = self.options.method in INLLM_METHODS  # every patch goes in; the LLM prunes (inllm/)
         with _timed(timings, "prune"):
-            text = self.question_features(question) if self.options.method in TEXT_AWARE else None
+            reads = reads_question(self.options.method, self.options.prune_options)
+            text = self.question_features(question) if reads else None
             selection = select(image.features, image.cls_attn, keys=image.keys, masses=image.masses,
                                patch_idx=image.patch_idx, text=text, n_keep=cfg.n_patches if inllm else self.n_keep,
                                method="full" if inllm else self.options.method, grid=(cfg.grid, cfg.grid),
@@ -267,11 +276,23 @@ class Pipeline:
                 raise InputError(f"--method {self.options.method} prunes one image per question inside the LLM; "
                                  f"this question brings {len(images)}")
             hooks = self.pruner(self.options, self.n_keep)
+        repruned = []
+        if self.reprunes_follow_ups and self.chat_images:
+            repruned = [self.prepare(image, question) for image in self.chat_images]
         prepared = [self.prepare(image, question) for image in images]
-        return Turn(self.engine, question, prepared, self.options, params, hooks)
+        self.chat_images += images
+        return Turn(self.engine, question, prepared, self.options, params, hooks, repruned)
+
+    @property
+    def reprunes_follow_ups(self) -> bool:
+        """Whether follow-ups choose their own tokens: asked for, and the method reads the question
+        (a text-free one, dcp by default, would choose the same tokens again)."""
+        options = self.options
+        return options.follow_ups == "reprune" and reads_question(options.method, options.prune_options)
 
     def new_chat(self) -> None:
         self.engine.new_chat()
+        self.chat_images = []
 
 
 class Turn:
@@ -280,8 +301,9 @@ class Turn:
     figures fill in as it runs and are final once the iteration has ended."""
 
     def __init__(self, engine: Engine, question: str, images: list[ImageTokens], options: PipelineOptions,
-                 params: GenerationParams, hooks=None):
+                 params: GenerationParams, hooks=None, repruned: list[ImageTokens] = ()):
         self.images = images  # the pruned images this turn added
+        self.repruned = list(repruned)  # the conversation's earlier images, pruned again for this question
         self.hooks = hooks  # what the LLM does between its layers in this turn's prefill (in-LLM pruning)
         self.prefill_flops: float | None = None  # the prefill's work, counted by the PyTorch engine
         self.image_tokens_per_layer: list[int] | None = None  # image cells each LLM layer holds (PyTorch engine)
@@ -289,13 +311,14 @@ class Turn:
         self.prefill_ms = 0.0  # the turn's text and image rows into the cache
         self.first_token_ms: float | None = None  # from the start of the prefill to the first piece
         self.total_ms = 0.0  # prefill + answer
-        self.n_prompt_tokens = 0  # text tokens + image rows the prefill decoded
+        self.n_prompt_tokens = 0  # text tokens + image rows the prefill decoded (a re-pruned chat's replay too)
         self.n_answer_tokens = 0  # tokens sampled and decoded, also when stopped early
         self._pieces = self._run(engine, question, options, params)
 
     @property
     def n_image_tokens(self) -> int:
-        return sum(len(image.embeddings) for image in self.images)
+        """Image rows this turn decoded (re-pruned ones included)."""
+        return sum(len(image.embeddings) for image in self.images + self.repruned)
 
     @property
     def n_text_tokens(self) -> int:
@@ -327,7 +350,11 @@ class Turn:
 
     def _run(self, engine: Engine, question: str, options: PipelineOptions, params: GenerationParams) -> Iterator[str]:
         start = time.perf_counter()
-        n_before, flops_before = engine.n_past, engine.llama.flops
+        flops_before, replayed = engine.llama.flops, 0
+        if self.repruned:  # the chat from its first image on, again
+            replayed = engine.replace_images([image.rows(options.positions, options.mass_bias)
+                                              for image in self.repruned])
+        n_before = engine.n_past
         engine.add_user_turn(question, [image.rows(options.positions, options.mass_bias) for image in self.images],
                              self.hooks)
         self.prefill_ms = _ms_since(start)
@@ -335,7 +362,7 @@ class Turn:
             self.prefill_flops = float(engine.llama.flops - flops_before)
         self.image_tokens_per_layer = engine.image_cells_per_layer()
         n_prompt = engine.n_past
-        self.n_prompt_tokens = n_prompt - n_before
+        self.n_prompt_tokens = replayed + n_prompt - n_before
         try:
             for piece in engine.generate(params):
                 if self.first_token_ms is None:

@@ -120,6 +120,14 @@ def select(features, cls_attn=None, *, n_keep: int, method: str, grid: tuple[int
                      used_tatcs=bool(used_tatcs), assignment=assignment)
 
 
+def reads_question(method: str, options: dict | None = None) -> bool:
+    """Whether `method` with these options looks at the question: cdpruner always; tatcs and dcp only
+    with tatcs_use_text (off by default: docs/dcp-prune.md); the others never."""
+    if method not in TEXT_AWARE:
+        return False
+    return method == "cdpruner" or bool({**DEFAULT_OPTIONS, **(options or {})}["tatcs_use_text"])
+
+
 def kappa(full, kept, full_masses=None, kept_masses=None) -> float:
     """κ between a full token set and a kept one (mass-weighted); see native/prune.h."""
     full = _check_rows("full", full, None, None)

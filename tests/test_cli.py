@@ -73,6 +73,18 @@ def test_interactive_follow_ups(tiny, image_path, monkeypatch, capsys):
     assert out.count("\n") == 3  # three answers
 
 
+@pytest.mark.parametrize("method,note", [("cdpruner", False), ("dcp", True)])
+def test_interactive_reprune(tiny, image_path, monkeypatch, capsys, method, note):
+    """--follow-ups reprune in a chat; a method that reads no question says it keeps its tokens."""
+    lines = iter(["What is in the image?", "and the colour?", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    code, out, err = run_cli(capsys, image_path, "--model", tiny.dir, "--method", method, "--follow-ups", "reprune",
+                             *RUN)
+    assert code == 0, err
+    assert out.count("\n") == 2
+    assert ("follow-ups keep the first question's tokens" in err) == note
+
+
 def test_interactive_bad_image_keeps_the_chat(tiny, image_path, monkeypatch, capsys, tmp_path):
     lines = iter([f"/image {tmp_path / 'missing.png'}", "still there?"])
     monkeypatch.setattr("builtins.input", _then_eof(lines))  # EOF after the lines ends the chat

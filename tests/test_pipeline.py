@@ -99,6 +99,9 @@ def test_bad_in_encoder_settings_are_clear_errors(tiny, layer, anchors, match):
 
 
 def test_question_embeddings_are_token_embd_rows(pipe, tiny):
+    default = pipe.options
+    pipe.configure(replace(default, method="cdpruner"))  # a method that reads the question loads its rows
+    pipe.configure(default)
     ids = pipe.engine.tokenize("What is in the image?")
     rows = pipe.token_embeddings.rows(ids)
     expected = tiny.model.model.language_model.embed_tokens.weight[ids].detach().numpy()
@@ -174,3 +177,75 @@ def test_full_context_is_a_clear_error(tiny, image_path):
 def test_empty_question_is_refused(pipe, image_path):
     with pytest.raises(InputError, match="question"):
         "".join(pipe.ask("   ", [pipe.encode_image(image_path)]))
+
+
+def test_reprune_gives_a_follow_up_its_own_tokens(tiny, image_path):
+    """--follow-ups reprune: the follow-up's cache is the one a chat would have had if the image had been
+    pruned with the follow-up question from the start (llama.cpp's logits agree)."""
+    first, follow_up = "What is in the image?", "Is the red one bigger than the square?"
+    no_answer = GenerationParams(max_tokens=0)  # each turn's prefill only: the chats differ in the image alone
+    options = PipelineOptions(method="cdpruner", n_keep=16, n_ctx=2048, follow_ups="reprune")
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        image = pipe.encode_image(image_path)
+        kept_first = pipe.prepare(image, first).selection.indices
+        kept_follow_up = pipe.prepare(image, follow_up)
+        assert not np.array_equal(kept_first, kept_follow_up.selection.indices)  # the question matters here
+
+        pipe.new_chat()
+        pipe.ask(first, [image], no_answer).text()
+        cells_before = pipe.engine.n_past
+        turn = pipe.ask(follow_up, [], no_answer)
+        turn.text()
+        np.testing.assert_array_equal(turn.repruned[0].selection.indices, kept_follow_up.selection.indices)
+        assert pipe.engine.kv_positions() == pipe.engine.position  # llama.cpp agrees with our count
+        assert pipe.engine.n_past - cells_before == _turn_tokens(pipe, turn, follow_up, False)
+        assert turn.n_image_tokens == 16 and turn.n_prompt_tokens > pipe.engine.n_past - cells_before
+        repruned = pipe.engine.next_token_logits()
+
+        engine = pipe.engine  # the same chat by hand, pruned with the follow-up from the start
+        pipe.new_chat()
+        engine.add_user_turn(first, [kept_follow_up.rows("grid", mass_bias=True)])
+        list(engine.generate(no_answer))
+        engine.add_user_turn(follow_up)
+        np.testing.assert_allclose(repruned, engine.next_token_logits(), rtol=1e-4, atol=1e-4)
+
+        pipe.configure(replace(options, follow_ups="keep"))  # and keeping the first tokens is another cache
+        pipe.new_chat()
+        pipe.ask(first, [image], no_answer).text()
+        kept = pipe.ask(follow_up, [], no_answer)
+        kept.text()
+        assert kept.repruned == []
+        assert not np.allclose(repruned, pipe.engine.next_token_logits(), rtol=1e-4, atol=1e-4)
+
+
+def test_reprune_replays_answers_and_later_images(tiny, image_path, tmp_path):
+    """A longer chat: answers and a second image after the first are decoded again in place."""
+    from PIL import Image
+    second = tmp_path / "gray.png"
+    Image.fromarray(np.full((100, 200), 128, dtype=np.uint8)).save(second)
+    options = PipelineOptions(method="cdpruner", n_keep=8, n_ctx=2048, follow_ups="reprune")
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        pipe.ask("What is in the image?", [pipe.encode_image(image_path)], SHORT).text()
+        pipe.ask("and this one?", [pipe.encode_image(second)], SHORT).text()
+        positions = pipe.engine.kv_positions()
+        turn = pipe.ask("which is brighter?", [], SHORT)
+        turn.text()
+        assert len(turn.repruned) == 2 and turn.images == []
+        assert pipe.engine.kv_positions() == pipe.engine.position
+        assert pipe.engine.kv_positions() - positions == _turn_tokens(pipe, turn, "which is brighter?", False) \
+            + turn.n_answer_tokens  # the replay put back as many cells as it took
+
+
+def test_a_text_free_method_keeps_its_tokens_for_follow_ups(tiny, image_path):
+    options = PipelineOptions(method="dcp", n_keep=16, n_ctx=2048, follow_ups="reprune")
+    with Pipeline(resolve(str(tiny.dir), None), options) as pipe:
+        assert not pipe.reprunes_follow_ups  # dcp reads no question by default: it would pick the same tokens
+        pipe.ask("What is in the image?", [pipe.encode_image(image_path)], SHORT).text()
+        assert pipe.ask("how many?", [], SHORT).repruned == []
+        pipe.configure(replace(options, prune_options={"tatcs_use_text": 1.0}))
+        assert pipe.reprunes_follow_ups
+
+
+def test_unknown_follow_ups_is_a_clear_error(tiny):
+    with pytest.raises(InputError, match="--follow-ups"):
+        Pipeline(resolve(str(tiny.dir), None), PipelineOptions(follow_ups="sometimes"))

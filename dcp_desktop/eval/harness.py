@@ -68,7 +68,7 @@ class Outcome:
     type: str
     turn: int  # 0: the question that brought the image; 1, 2, …: follow-ups in the same chat
     correct: float  # 1 right, 0 wrong; `random` averages its seeds
-    kappa: float | None  # of the image's kept tokens (None for a follow-up, which prunes nothing)
+    kappa: float | None  # of the image's kept tokens (None for a follow-up that keeps the first question's)
     times_ms: dict[str, float]  # STAGES
     image_tokens: float | None = None  # image tokens the LLM processed, mean over its layers (PyTorch engine)
     prefill_flops: float | None = None  # the prefill's work (PyTorch engine; torch_llama.py counts it)
@@ -224,7 +224,8 @@ def _answer(pipe: Pipeline, encoded: EncodedImage | None, example: Example, norm
             params: GenerationParams) -> dict:
     turn = pipe.ask(example.question, [] if encoded is None else [encoded], params)
     answer = turn.text()
-    tokens = turn.images[0] if turn.images else None
+    pruned = turn.images or turn.repruned  # a follow-up prunes only with --follow-ups reprune
+    tokens = pruned[0] if pruned else None
     times = {"prune": tokens.timings_ms["prune"] if tokens else 0.0,
              "project": tokens.timings_ms["project"] if tokens else 0.0,
              "prefill": turn.prefill_ms, "answer": turn.total_ms - turn.prefill_ms}

@@ -46,7 +46,7 @@ def summarise(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], outcomes: 
     return {"model": pipe.info.name, "split": benchmark.name, "n": len(benchmark.examples),
             "n_images": len(vision_ms[todo[0]]), "acgr_layer": options.acgr_layer, "positions": options.positions,
             "vision_dtype": options.vision_dtype, "engine": options.engine, "mass_bias": options.mass_bias,
-            "conversation": conversation,
+            "conversation": conversation, "follow_ups": options.follow_ups,
             "question_types": [o.type for o in full], "full_accuracy": _accuracy(full), "results": results,
             "kappa_accuracy_spearman": kappa_loss_spearman(by_cell),
             "kappa_spearman_per_cell": kappa_spearman_per_cell(by_cell)}
@@ -158,6 +158,7 @@ def _heading(report: dict) -> str:
     acgr = f", in-encoder ACGR after block {report['acgr_layer']}" if report["acgr_layer"] else ""
     packed = ", kept rows packed (--positions packed)" if report.get("positions") == "packed" else ""
     chat = ", each image's questions as one conversation" if report.get("conversation") else ""
+    chat += " (follow-ups re-pruned)" if report.get("conversation") and report.get("follow_ups") == "reprune" else ""
     chat += ", mass bias on" if report.get("mass_bias") else ""
     return (f"model {report['model']}, {report['split']}: {report['n']} questions on {report['n_images']} images"
             f"{acgr}{packed}{chat}; vision {report['vision_dtype']}, LLM on {report['engine']}; full-token accuracy "

@@ -268,6 +268,28 @@ def test_ablation_pairs_cells_across_two_runs(tmp_path, capsys):
     assert "| +50.0 [" in capsys.readouterr().out
     code, _, err = run_main(ablation.main, capsys, f"{base}:dcp@32", f"{other}:dcp@16")
     assert code == 2 and "no cell dcp@32; it has dcp@16" in err
+    code, _, err = run_main(ablation.main, capsys, f"{base}:dcp@16", f"{other}:dcp@16", "--questions", "first")
+    assert code == 2 and "--conversation" in err
+
+
+def test_ablation_compares_follow_ups_alone(tiny, tmp_path, capsys):
+    """Two real --conversation runs: the follow-up comparison uses exactly the follow-ups' outcomes."""
+    from dcp_desktop.eval import ablation
+
+    paths = {}
+    for mode in ("keep", "reprune"):
+        paths[mode] = tmp_path / f"{mode}.json"
+        code, _, err = run_cli(capsys, "--model", tiny.dir, "--n", 2, "--conversation", "--methods", "cdpruner",
+                               "--tokens", "16", "--follow-ups", mode, "--json", paths[mode], *RUN)
+        assert code == 0, err
+    report = json.loads(paths["keep"].read_text())
+    assert report["turns"] == [0, 1, 2, 3] * 2 and report["follow_ups"] == "keep"
+    [result] = ablation.run([f"{paths['keep']}:cdpruner@16", f"{paths['reprune']}:cdpruner@16",
+                             "--questions", "follow-ups"])
+    keep, reprune = ([o for o, t in zip(ablation.load_cell(f"{paths[m]}:cdpruner@16")[1]["outcomes"],
+                                        report["turns"]) if t > 0] for m in ("keep", "reprune"))
+    assert result["n"] == 6
+    assert result["diff"] == pytest.approx(sum(reprune) / 6 - sum(keep) / 6)
 
 
 def test_relevance_auc_on_hand_cases():

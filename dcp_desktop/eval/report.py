@@ -47,7 +47,7 @@ def summarise(pipe: Pipeline, benchmark: Benchmark, todo: list[Cell], outcomes: 
             "n_images": len(vision_ms[todo[0]]), "acgr_layer": options.acgr_layer, "positions": options.positions,
             "vision_dtype": options.vision_dtype, "engine": options.engine, "mass_bias": options.mass_bias,
             "conversation": conversation, "follow_ups": options.follow_ups,
-            "question_types": [o.type for o in full], "full_accuracy": _accuracy(full), "results": results,
+            "question_types": [o.type for o in full], "turns": [o.turn for o in full], "full_accuracy": _accuracy(full), "results": results,
             "kappa_accuracy_spearman": kappa_loss_spearman(by_cell),
             "kappa_spearman_per_cell": kappa_spearman_per_cell(by_cell)}
 

@@ -129,6 +129,17 @@ def test_benchmark_answers_match_the_closed_set():
     assert benchmark.normalise("3") == "three"
 
 
+def test_spearman_gap_separates_a_predictor_from_noise():
+    rng = np.random.default_rng(1)
+    loss = rng.normal(size=60)
+    good, noise = loss + 0.3 * rng.normal(size=60), rng.normal(size=60)
+    gap, (low, high) = stats.spearman_gap(good, noise, loss, resamples=500)
+    assert gap == pytest.approx(stats.spearman(good, loss) - stats.spearman(noise, loss))
+    assert 0 < low < gap < high
+    assert stats.spearman_gap(good, good, loss, resamples=50) == (0.0, (0.0, 0.0))  # the same predictor: no gap
+    assert math.isnan(stats.spearman_gap(np.ones(60), good, loss, resamples=50)[0])  # a constant κ predicts nothing
+
+
 def test_spearman_matches_scipy_on_ties():
     # scipy.stats.spearmanr([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) = 0.8207826816681233 (ties share mean ranks)
     assert stats.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(0.8207826816681233)
@@ -329,5 +340,7 @@ def test_kappa_gate_forms_and_simulated_gate():
     kappa, acgr, tatcs = np.array([0.1, 0.5, 0.9]), np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0])
     assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, 0.5) == pytest.approx(2.5 / 3)  # TATCS only where κ > 0.5
     assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, -np.inf) == 0.5  # always TATCS
-    result = kappa_gate.analyse({"shift": kappa}, np.ones(3), acgr, tatcs)["shift"]
-    assert result["spearman_loss"] == pytest.approx(1.0) and result["spearman_tatcs_gain"] == pytest.approx(1.0)
+    result = kappa_gate.analyse({"shift_spread": kappa, "shift": -kappa}, np.ones(3), acgr, tatcs)
+    in_use, shift = result["shift_spread"], result["shift"]
+    assert in_use["spearman_loss"] == pytest.approx(1.0) and in_use["spearman_tatcs_gain"] == pytest.approx(1.0)
+    assert in_use["spearman_loss_vs_in_use"][0] == 0.0 and shift["spearman_loss_vs_in_use"][0] == pytest.approx(-2.0)

@@ -9,6 +9,8 @@ the same knobs otherwise. For each image and budget this tool recomputes ACGR's 
 input) and several forms of κ on it, then reports per form and budget:
 - the Spearman ρ between κ and the image's accuracy loss under ACGR (full − ACGR; what DESIGN.md asks κ to
   predict), and between κ and TATCS's gain over ACGR (what the gate acts on);
+- each form's ρ with the loss minus that of the form in use (shift_spread), with a 95% bootstrap interval
+  over the images: a form replaces the one in use only when it predicts the loss better beyond noise;
 - the validation accuracy of the gated method for τ at κ's quantiles (0 = always TATCS, 1 = never): picking
   TATCS's outcome where κ > τ and ACGR's elsewhere is exactly what dcp would answer, since each question is
   answered in a fresh conversation.
@@ -86,6 +88,7 @@ def analyse(kappas: dict[str, np.ndarray], full: np.ndarray, acgr: np.ndarray, t
         out[form] = {
             "spearman_loss": stats.spearman(kappa, full - acgr),
             "spearman_tatcs_gain": stats.spearman(kappa, tatcs - acgr),
+            "spearman_loss_vs_in_use": stats.spearman_gap(kappa, kappas["shift_spread"], full - acgr),
             "tau_accuracy": [(tau, gate_accuracy(kappa, acgr, tatcs, tau)) for tau in taus],
         }
     return out
@@ -121,18 +124,20 @@ def run(argv: list[str]) -> dict:
         result[k] = analyse({f: np.asarray(v) for f, v in kappas[k].items()}, full, acgr, tatcs)
         print(f"\n{k} tokens: ACGR {100 * acgr.mean():.1f}%, TATCS {100 * tatcs.mean():.1f}%, "
               f"per image better with TATCS {int((tatcs > acgr).sum())}, with ACGR {int((acgr > tatcs).sum())}")
-        print("| κ form | ρ(κ, ACGR loss) | ρ(κ, TATCS gain) | best τ (accuracy) |\n|---|---|---|---|")
+        print("| κ form | ρ(κ, ACGR loss) | − shift_spread's [95% CI] | ρ(κ, TATCS gain) | best τ (accuracy) |\n"
+              "|---|---|---|---|---|")
         for form, r in result[k].items():
             tau, accuracy = max(r["tau_accuracy"], key=lambda pair: pair[1])
-            print(f"| {form} | {_number(r['spearman_loss'])} | {_number(r['spearman_tatcs_gain'])} | "
-                  f"{tau:.3g} ({100 * accuracy:.1f}%) |")
+            gap, (low, high) = r["spearman_loss_vs_in_use"]
+            print(f"| {form} | {_number(r['spearman_loss'])} | {_number(gap)} [{_number(low)}, {_number(high)}] | "
+                  f"{_number(r['spearman_tatcs_gain'])} | {tau:.3g} ({100 * accuracy:.1f}%) |")
     if args.json:
         write_json(args.json, result)
     return result
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.3f}"
+    return "-" if value is None or math.isnan(value) else f"{value:+.3f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,26 @@ def spearman(x, y) -> float | None:
     return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
 
 
+def spearman_gap(x, x_reference, y, *, resamples: int = 2_000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """ρ(x, y) − ρ(x_reference, y) over the same points, and its 95% percentile bootstrap interval (the
+    points resampled with replacement, both correlations on the same resample): is one predictor of y
+    really better than another, or within noise? NaN where a correlation is undefined (the interval also
+    when over 5% of the resamples have a constant side: too few points)."""
+    x, x_reference, y = (np.asarray(v, dtype=np.float64) for v in (x, x_reference, y))
+
+    def gap(pick) -> float:
+        ours, theirs = spearman(x[pick], y[pick]), spearman(x_reference[pick], y[pick])
+        return math.nan if ours is None or theirs is None else ours - theirs
+
+    rng = np.random.default_rng(seed)
+    gaps = np.array([gap(rng.integers(0, len(y), size=len(y))) for _ in range(resamples)])
+    observed = gap(np.arange(len(y)))
+    if math.isnan(observed) or np.isnan(gaps).mean() > 0.05:
+        return observed, (math.nan, math.nan)
+    low, high = np.nanpercentile(gaps, [2.5, 97.5])
+    return observed, (float(low), float(high))
+
+
 def _ranks(values: np.ndarray) -> np.ndarray:
     order = np.argsort(values, kind="stable")
     ranks = np.empty(len(values))

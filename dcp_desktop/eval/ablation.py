@@ -79,7 +79,9 @@ def run(argv: list[str]) -> list[dict]:
                              "first questions or the follow-ups alone")
     args = parser.parse_args(argv)
     base = load_cell(args.base)
-    print(f"against {args.base} ({100 * base[1]['accuracy']:.1f}%), {args.questions} questions\n")
+    paired_on = {"all": "every question", "first": "the first questions", "follow-ups": "the follow-ups"}[args.questions]
+    print(f"against {args.base} ({100 * base[1]['accuracy']:.1f}%); accuracy and retention over every question, "
+          f"the difference paired on {paired_on}\n")
     print("| cell | accuracy | retention | paired diff [95% CI] | McNemar p |\n|---|---|---|---|---|")
     results = []
     for spec in args.others:

@@ -128,13 +128,13 @@ def reads_question(method: str, options: dict | None = None) -> bool:
     return method == "cdpruner" or bool({**DEFAULT_OPTIONS, **(options or {})}["tatcs_use_text"])
 
 
-def kappa(full, kept, full_masses=None, kept_masses=None) -> float:
-    """κ between a full token set and a kept one (mass-weighted); see native/prune.h."""
+def kappa(full, kept, full_masses=None) -> float:
+    """κ: how much of a full token set (its rows weighted by their masses) a kept set leaves uncovered,
+    1 − the mean best cosine to a kept row; see dcp_kappa in native/prune.h."""
     full = _check_rows("full", full, None, None)
     kept = _check_rows("kept", kept, None, full.shape[1])
     full_masses = None if full_masses is None else _check_masses(full_masses, len(full))
-    kept_masses = None if kept_masses is None else _check_masses(kept_masses, len(kept))
-    return float(_native.kappa(full, full_masses, kept, kept_masses))
+    return float(_native.kappa(full, full_masses, kept))
 
 
 def _check_grid(grid) -> tuple[int, int]:

@@ -218,16 +218,14 @@ prune_result prune(const features_in & features, const std::optional<scores_in> 
             to_numpy<int32_t, nb::shape<-1>>(std::move(assignment), {n_in})};
 }
 
-float kappa(const features_in & a, const std::optional<scores_in> & masses_a,
-            const features_in & b, const std::optional<scores_in> & masses_b) {
+float kappa(const features_in & a, const std::optional<scores_in> & masses_a, const features_in & b) {
     if (a.shape(1) != b.shape(1) || a.shape(0) < 1 || b.shape(0) < 1) {
         throw std::invalid_argument("kappa: expected two non-empty (n, D) arrays of the same width");
     }
     check_rows("masses_a", masses_a, a.shape(0));
-    check_rows("masses_b", masses_b, b.shape(0));
     nb::gil_scoped_release no_gil;
-    return dcp_kappa(a.data(), data_or_null<float>(masses_a), int32_t(a.shape(0)),
-                     b.data(), data_or_null<float>(masses_b), int32_t(b.shape(0)), int32_t(a.shape(1)));
+    return dcp_kappa(a.data(), data_or_null<float>(masses_a), int32_t(a.shape(0)), b.data(), int32_t(b.shape(0)),
+                     int32_t(a.shape(1)));
 }
 
 } // namespace
@@ -239,8 +237,7 @@ NB_MODULE(_native, m) {
     m.def("options", &options,
           "The option table: [{name, integer, default, min, min_exclusive, max, methods, doc}]; a value v is\n"
           "in range when finite, min <= v (min < v if min_exclusive) and v <= max (see prune.h).");
-    m.def("kappa", &kappa, nb::arg("a").noconvert(), nb::arg("masses_a").noconvert().none(),
-          nb::arg("b").noconvert(), nb::arg("masses_b").noconvert().none(),
+    m.def("kappa", &kappa, nb::arg("a").noconvert(), nb::arg("masses_a").noconvert().none(), nb::arg("b").noconvert(),
           "κ from set a to set b (see dcp_kappa in prune.h).");
     m.def("prune", &prune,
           nb::arg("features").noconvert(), nb::arg("cls_attn").noconvert().none(),

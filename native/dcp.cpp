@@ -443,17 +443,17 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     const unit_set semantic = semantic_unit_rows(t);
     merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
     const kappa_reference input = kappa_reference_of(t.features, t.masses_in, t.n_tokens, t.n_dim);  // once
-    const float kappa = kappa_from(input, recovered.features.data(), recovered.masses.data(), p.n_keep);
+    const float kappa = kappa_from(input, recovered.features.data(), p.n_keep);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
         emit(t, recovered, out);
-        out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);  // in output order, as dcp_prune's
+        out.kappa = kappa_from(input, out.features, p.n_keep);  // in output order, as dcp_prune's
         return DCP_STATUS_OK;
     }
     if (p.options.dcp_anchors_per_token == 0) {  // TATCS on every input row (the first build's reading)
         emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
                        : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
         out.used_tatcs = true;
-        out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);
+        out.kappa = kappa_from(input, out.features, p.n_keep);
         return DCP_STATUS_OK;
     }
     // TATCS re-clusters the recovered anchors of a wider ACGR (M = anchors_per_token·K of them).
@@ -487,7 +487,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     clustered.local = std::move(local);
     emit(t, clustered, out);
     out.used_tatcs = true;
-    out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);
+    out.kappa = kappa_from(input, out.features, p.n_keep);
     return DCP_STATUS_OK;
 }
 

@@ -201,59 +201,28 @@ dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
     return masses_are_valid(*t) ? DCP_STATUS_OK : DCP_STATUS_BAD_MASSES;
 }
 
-// Mass-weighted mean (into `mean`) and spread (mean squared distance to it), in double.
-// Both are summed per column, one running sum per dimension, so the loops vectorise without
-// reassociating; a single running sum would be one long dependency chain, and κ runs on every
-// dcp_prune call (twice for dcp).
-DCP_VECTOR_CLONES double mean_and_spread(const float * x, const float * masses, int32_t n, int32_t n_dim,
-                                         std::vector<double> & mean) {
-    const size_t d = size_t(n_dim);
-    std::fill(mean.begin(), mean.end(), 0.0);
-    double total = 0.0;
-    for (size_t i = 0; i < size_t(n); ++i) {
-        const double m = masses ? masses[i] : 1.0;
-        total += m;
-        for (size_t j = 0; j < d; ++j) {
-            mean[j] += m * x[i * d + j];
-        }
-    }
-    for (double & v : mean) {
-        v /= total;
-    }
-    std::vector<double> spread(d, 0.0);  // (d,) Σ m·(x - μ)² per column
-    for (size_t i = 0; i < size_t(n); ++i) {
-        const double m = masses ? masses[i] : 1.0;
-        for (size_t j = 0; j < d; ++j) {
-            const double diff = x[i * d + j] - mean[j];
-            spread[j] += m * (diff * diff);
-        }
-    }
-    return std::accumulate(spread.begin(), spread.end(), 0.0) / total;
-}
-
-double mean_squared_norm(const float * x, int32_t n, int32_t n_dim) {
-    return dot_f64(x, x, size_t(n) * size_t(n_dim)) / n;
-}
-
 } // namespace
 
 kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim) {
-    kappa_reference ref{std::vector<double>(static_cast<size_t>(n_dim)), 0.0, 0.0};
-    ref.spread = mean_and_spread(a, masses_a, n_a, n_dim, ref.mean);
-    ref.eps = 1e-6 * mean_squared_norm(a, n_a, n_dim) + 1e-30;
+    kappa_reference ref{exact_unit_rows(a, n_a, n_dim), std::vector<double>(size_t(n_a), 1.0), 0.0};
+    for (int32_t i = 0; i < n_a; ++i) {
+        if (masses_a) {
+            ref.masses[size_t(i)] = masses_a[i];
+        }
+        ref.total += ref.masses[size_t(i)];
+    }
     return ref;
 }
 
-float kappa_from(const kappa_reference & ref, const float * b, const float * masses_b, int32_t n_b) {
-    const size_t n_dim = ref.mean.size();
-    std::vector<double> mean_b(n_dim);
-    const double spread_b = mean_and_spread(b, masses_b, n_b, int32_t(n_dim), mean_b);
-    double shift = 0.0;
-    for (size_t j = 0; j < n_dim; ++j) {
-        shift += (mean_b[j] - ref.mean[j]) * (mean_b[j] - ref.mean[j]);
+float kappa_from(const kappa_reference & ref, const float * b, int32_t n_b) {
+    const unit_set unit_b = exact_unit_rows(b, n_b, int32_t(ref.unit.n_cols));
+    std::vector<double> cosine(static_cast<size_t>(n_b));
+    double covered = 0.0;  // Σ m_i · (best cosine of row i to b), in row order
+    for (size_t i = 0; i < ref.masses.size(); ++i) {
+        cosines_with(ref.unit.row(int32_t(i)), unit_b, nullptr, size_t(n_b), cosine.data());
+        covered += ref.masses[i] * *std::max_element(cosine.begin(), cosine.end());
     }
-    return float(std::sqrt(shift / (ref.spread + ref.eps))
-                 + std::fabs(0.5 * std::log((spread_b + ref.eps) / (ref.spread + ref.eps))));
+    return float(std::max(0.0, 1.0 - covered / ref.total));
 }
 
 } // namespace dcp
@@ -262,9 +231,8 @@ float kappa_from(const kappa_reference & ref, const float * b, const float * mas
 
 using namespace dcp;
 
-float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
-                const float * b, const float * masses_b, int32_t n_b, int32_t n_dim) {
-    return kappa_from(kappa_reference_of(a, masses_a, n_a, n_dim), b, masses_b, n_b);
+float dcp_kappa(const float * a, const float * masses_a, int32_t n_a, const float * b, int32_t n_b, int32_t n_dim) {
+    return kappa_from(kappa_reference_of(a, masses_a, n_a, n_dim), b, n_b);
 }
 
 dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_selection * out) {
@@ -277,7 +245,7 @@ dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_sel
     status = method_function(params.method)(*tokens, params, *out);
     if (status == DCP_STATUS_OK && std::isnan(out->kappa)) {
         out->kappa = kappa_from(kappa_reference_of(tokens->features, tokens->masses_in, tokens->n_tokens, tokens->n_dim),
-                                out->features, out->masses, params.n_keep);
+                                out->features, params.n_keep);
     }
     return status;
 }

@@ -159,9 +159,9 @@ enum dcp_method {
     // Σ ω_i·x_i / Σ ω_i, ω_i = m_i·max(0, cos(x̂_i, x̂_rep)), ω_rep = m_rep.
     // used_tatcs = true.
     DCP_METHOD_TATCS = 8,
-    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output) (with masses: what
-    // the LLM sees). If κ_a <= max(options.tau, 1e-4), ACGR's output (used_tatcs = false; a κ_a of
-    // 1e-4 or less is rounding noise: ACGR lost nothing). Else ACGR again with
+    // DCP-Prune: ACGR with n_keep anchors; κ_a = dcp_kappa(input, ACGR output): the share of the image
+    // ACGR's tokens leave uncovered. If κ_a <= max(options.tau, 1e-4), ACGR's output (used_tatcs = false;
+    // a κ_a of 1e-4 or less is rounding noise: ACGR lost nothing). Else ACGR again with
     // M = min(n_tokens, options.dcp_anchors_per_token·n_keep) anchors, and TATCS on those M
     // recovered anchors (their recovered features and masses, s and patches; no keys) re-clusters
     // them into n_keep tokens (used_tatcs = true); with dcp_anchors_per_token = 0, TATCS on the input
@@ -251,12 +251,16 @@ struct dcp_options dcp_options_default(void);
 // The same method and budget as the app's (dcp_desktop.pipeline DEFAULT_METHOD, DEFAULT_TOKENS).
 struct dcp_prune_params dcp_prune_params_default(void);
 
-// κ: how far the mass-weighted output set (b) has drifted from the input set (a), both [n × n_dim]
-// with masses (NULL = all 1). With mean μ and spread v = mean squared distance to μ (mass-weighted):
-//   κ = |μ_b - μ_a| / sqrt(v_a + ε) + |½ ln((v_b + ε) / (v_a + ε))|,  ε = 1e-6 · mean |x_a|² + 1e-30.
-// 0 when b == a; grows as b loses coverage (mean shift) or spread (collapse). O((n_a + n_b) · n_dim).
-float dcp_kappa(const float * a, const float * masses_a, int32_t n_a,
-                const float * b, const float * masses_b, int32_t n_b, int32_t n_dim);
+// κ: how much of the input set (a, [n_a × n_dim], masses_a: NULL = all 1) the output set (b,
+// [n_b × n_dim]) fails to cover: one minus the mass-weighted mean, over a's rows, of each row's
+// best cosine to a row of b,
+//   κ = 1 - Σ_i m_i · max_k cos(a_i, b_k) / Σ_i m_i   (clamped at 0; unit rows and cosines as the
+// exactness rule in prune_internal.h; the sums in double, in row order).
+// 0 when every input row is in b; grows as parts of the image have no similar kept token. b's masses
+// do not enter: each input patch counts once, by its own mass. Chosen on validation over the earlier
+// mean-shift + spread form because it predicts a token set's accuracy loss better (docs/dcp-prune.md, κ).
+// O(n_a · n_b · n_dim).
+float dcp_kappa(const float * a, const float * masses_a, int32_t n_a, const float * b, int32_t n_b, int32_t n_dim);
 
 // Selects params.n_keep tokens from `tokens` into `out`.
 // Validates everything before writing: on any status other than DCP_STATUS_OK the output
@@ -298,7 +302,7 @@ enum dcp_option_type {
 struct dcp_option_desc {
     const char *         name;           // the dcp_options field, e.g. "tau"
     enum dcp_option_type type;
-    double               default_value;  // before rounding to the type (tau: 0.2)
+    double               default_value;  // before rounding to the type (tau: 0.04)
     double               min;
     bool                 min_exclusive;
     double               max;

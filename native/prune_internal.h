@@ -131,16 +131,16 @@ int32_t best_row(const std::vector<double> & score, const std::vector<uint8_t> &
 // The k rows with the highest score, best first; ties go to the lower row. Twin: top_k.
 index_list top_k(const float * score, int32_t n, int32_t k);
 
-// ---- κ (dcp_kappa in prune.h) in two steps, so a method that needs κ twice sums its input once ----
+// ---- κ (dcp_kappa in prune.h) in two steps, so a method that needs κ twice prepares its input once ----
 
 struct kappa_reference {
-    std::vector<double> mean;  // (n_dim,) mass-weighted mean of the reference set a
-    double              spread;  // its mass-weighted mean squared distance to the mean
-    double              eps;     // 1e-6 · mean |a|² + 1e-30
+    unit_set            unit;    // (n_a, n_dim) the reference set a at unit length
+    std::vector<double> masses;  // (n_a,) its masses (1 when not given)
+    double              total;   // Σ masses, summed in row order
 };
 kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim);
 // dcp_kappa(a, b) bit for bit, from a's reference.
-float kappa_from(const kappa_reference & ref, const float * b, const float * masses_b, int32_t n_b);
+float kappa_from(const kappa_reference & ref, const float * b, int32_t n_b);
 
 // ---- token accessors ---------------------------------------------------------------------------
 

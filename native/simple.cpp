@@ -83,6 +83,7 @@ dcp_status prune_full(const dcp_tokens & tokens, const dcp_prune_params & params
         return DCP_STATUS_BAD_N_KEEP;
     }
     emit_selection(tokens, all_rows(tokens.n_tokens), out);
+    out.kappa = 0.0f;  // every input row is kept: nothing uncovered (and no n × n cosine pass)
     return DCP_STATUS_OK;
 }
 

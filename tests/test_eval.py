@@ -334,13 +334,18 @@ def test_kappa_gate_forms_and_simulated_gate():
     rng = np.random.default_rng(0)
     full = rng.standard_normal((50, 8))
     same = kappa_gate.kappa_forms(full, full, np.ones(50))
-    assert all(abs(value) < 1e-9 for value in same.values())  # the full set has drifted nowhere
+    assert all(abs(value) < 1e-6 for value in same.values())  # the full set has drifted nowhere
     one = kappa_gate.kappa_forms(full, full[:1], np.array([50.0]))
     assert one["coverage"] > 0 and one["spread"] > 1 and one["shift_spread"] == pytest.approx(one["shift"] + one["spread"])
     kappa, acgr, tatcs = np.array([0.1, 0.5, 0.9]), np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0])
     assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, 0.5) == pytest.approx(2.5 / 3)  # TATCS only where κ > 0.5
     assert kappa_gate.gate_accuracy(kappa, acgr, tatcs, -np.inf) == 0.5  # always TATCS
-    result = kappa_gate.analyse({"shift_spread": kappa, "shift": -kappa}, np.ones(3), acgr, tatcs)
-    in_use, shift = result["shift_spread"], result["shift"]
+    result = kappa_gate.analyse({"coverage": kappa, "shift": -kappa}, np.ones(3), acgr, tatcs)
+    in_use, shift = result["coverage"], result["shift"]
     assert in_use["spearman_loss"] == pytest.approx(1.0) and in_use["spearman_tatcs_gain"] == pytest.approx(1.0)
     assert in_use["spearman_loss_vs_in_use"][0] == 0.0 and shift["spearman_loss_vs_in_use"][0] == pytest.approx(-2.0)
+    # one τ for two budgets: the second does not care; on the first, ACGR must keep the image with κ 0.1, which
+    # τ = 0.1 and τ = 0.5 both do: the tie goes to the smaller
+    tau, accuracy = kappa_gate.shared_tau([(kappa, acgr, tatcs), (kappa, np.ones(3), np.ones(3))])
+    assert tau == 0.1 and accuracy == pytest.approx((2.5 / 3 + 1.0) / 2)
+    assert kappa_gate.shared_tau([(kappa, np.zeros(3), np.ones(3))]) == (-math.inf, 1.0)  # ties: always TATCS

@@ -193,14 +193,26 @@ def test_kappa_grows_as_fewer_tokens_are_kept(impl):
     features, cls_attn = random_image(n_dim=32)
     kappas = [select(features, cls_attn, n_keep=k, method="random", seed=3, impl=impl).kappa
               for k in (288, 64, 16, 4, 1)]
-    assert kappas == sorted(kappas) and kappas[0] < 0.2 < kappas[-1]
+    assert kappas == sorted(kappas) and kappas[-1] - kappas[0] > 0.3
 
 
 def test_kappa_function_matches_the_selection():
     features, cls_attn = random_image(n_dim=16)
     kept = select(features, cls_attn, n_keep=16, method="pool")
-    assert kappa(features, kept.features, kept_masses=kept.masses) == pytest.approx(kept.kappa, rel=1e-6)
-    assert prune_reference.kappa(features, None, kept.features, kept.masses) == pytest.approx(kept.kappa, rel=1e-5)
+    assert kappa(features, kept.features) == pytest.approx(kept.kappa, rel=1e-6)
+    assert prune_reference.kappa(features, None, kept.features) == pytest.approx(kept.kappa, rel=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_kappa_is_the_uncovered_share_of_the_input(impl):
+    """κ = 1 − mass-weighted mean best cosine: two orthogonal patches, one kept; a scaled copy counts as
+    covered; the kept set's own masses do not enter."""
+    full = np.array([[1, 0, 0, 0], [0, 2, 0, 0]], np.float32)
+    of = kappa if impl == "native" else (lambda a, b, m=None: prune_reference.kappa(a, m, b))
+    assert of(full, full[:1]) == pytest.approx(0.5)
+    assert of(full, full[:1], np.array([3, 1], np.float32)) == pytest.approx(0.25)
+    assert of(full, 5 * full[1:]) == pytest.approx(0.5) and of(full, full) == pytest.approx(0.0, abs=1e-7)
+    assert of(full, np.array([[1, 1, 0, 0]], np.float32)) == pytest.approx(1 - 0.5 ** 0.5, rel=1e-6)
 
 
 @pytest.mark.parametrize("n_keep, cells", [(1, (1, 1)), (7, (1, 7)), (8, (2, 4)), (16, (4, 4)),

@@ -16,16 +16,10 @@ def _top_k(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(-score, stable=True).indices[:k]  # ties → lower row
 
 
-def kappa(a, masses_a, b, masses_b) -> torch.Tensor:
-    def mean_spread(x, m):
-        mean = (m[:, None] * x).sum(0) / m.sum()
-        return mean, (m * ((x - mean) ** 2).sum(1)).sum() / m.sum()
-
-    mean_a, spread_a = mean_spread(a, masses_a)
-    mean_b, spread_b = mean_spread(b, masses_b)
-    eps = 1e-6 * (a * a).sum() / len(a) + 1e-30
-    return torch.sqrt(((mean_b - mean_a) ** 2).sum() / (spread_a + eps)) + \
-        torch.abs(0.5 * torch.log((spread_b + eps) / (spread_a + eps)))
+def kappa(a, masses_a, b) -> torch.Tensor:
+    """1 − the mass-weighted mean best cosine of a's rows to b's (prune.h's dcp_kappa)."""
+    best = (_unit(a) @ _unit(b).T).max(dim=1).values
+    return torch.clamp(1.0 - (masses_a * best).sum() / masses_a.sum(), min=0.0)
 
 
 def acgr(x, s, keys, masses, grid_w: int, n_keep: int, options: dict):
@@ -107,16 +101,16 @@ def dcp(x, s, keys, text, grid_w: int, n_keep: int, options: dict):
     """DCP-Prune at the output layer on the full grid: (rows, features, masses, κ, used_tatcs)."""
     masses = torch.ones(len(x), dtype=x.dtype)
     rows, feats, new_masses = acgr(x, s, keys, masses, grid_w, n_keep, options)
-    k = kappa(x, masses, feats, new_masses)
+    k = kappa(x, masses, feats)
     used_tatcs = bool(k > options["tau"])
     if used_tatcs and int(options["dcp_anchors_per_token"]) == 0:
         rows, feats, new_masses = tatcs(x, s, text, masses, n_keep, options)
-        k = kappa(x, masses, feats, new_masses)
+        k = kappa(x, masses, feats)
     elif used_tatcs:  # TATCS re-clusters the recovered anchors of a wider ACGR
         n_anchors = min(len(x), int(options["dcp_anchors_per_token"]) * n_keep)
         anchors, anchor_feats, anchor_masses = acgr(x, s, keys, masses, grid_w, n_anchors, options)
         picked, feats, new_masses = tatcs(anchor_feats, s[anchors], text, anchor_masses, n_keep, options)
         rows = anchors[picked]
-        k = kappa(x, masses, feats, new_masses)
+        k = kappa(x, masses, feats)
     order = torch.argsort(rows)
     return rows[order], feats[order], new_masses[order], float(k), used_tatcs

@@ -9,17 +9,18 @@ the same knobs otherwise. For each image and budget this tool recomputes ACGR's 
 input) and several forms of κ on it, then reports per form and budget:
 - the Spearman ρ between κ and the image's accuracy loss under ACGR (full − ACGR; what DESIGN.md asks κ to
   predict), and between κ and TATCS's gain over ACGR (what the gate acts on);
-- each form's ρ with the loss minus that of the form in use (shift_spread), with a 95% bootstrap interval
+- each form's ρ with the loss minus that of the form in use (coverage), with a 95% bootstrap interval
   over the images: a form replaces the one in use only when it predicts the loss better beyond noise;
 - the validation accuracy of the gated method for τ at κ's quantiles (0 = always TATCS, 1 = never): picking
   TATCS's outcome where κ > τ and ACGR's elsewhere is exactly what dcp would answer, since each question is
   answered in a fresh conversation.
+- the τ shared by all budgets with the best mean gated accuracy over them (τ is one option for every K).
 The κ forms (all between the input tokens and ACGR's K tokens with their masses):
-- `shift_spread`: dcp_kappa (native/prune.h): mean shift in units of spread + |½ ln spread ratio|;
+- `coverage`: dcp_kappa (native/prune.h), the form in use: 1 − mean over the input tokens of their best
+  cosine to a kept token (how much of the image no kept token resembles);
+- `shift_spread`: the form before it: mean shift in units of spread + |½ ln spread ratio|;
 - `shift`: its first term alone; `spread`: its second term alone;
-- `unweighted`: dcp_kappa with every kept mass 1 (what the LLM sees without the mass bias);
-- `coverage`: 1 − mean over the input tokens of their best cosine to a kept token (how much of the image
-  no kept token resembles).
+- `unweighted`: shift_spread with every kept mass 1 (what the LLM sees without the mass bias).
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ import numpy as np
 from .. import cli_options, models, scenes
 from ..errors import InputError, run_command
 from ..pipeline import Pipeline, PipelineOptions
-from ..prune import select
+from ..prune import kappa, select
 from . import stats
 from .report import write_json
 
-FORMS = ("shift_spread", "shift", "spread", "unweighted", "coverage")
+FORMS = ("coverage", "shift_spread", "shift", "spread", "unweighted")
+IN_USE = "coverage"  # dcp_kappa's form
 
 
 def kappa_forms(full: np.ndarray, kept: np.ndarray, masses: np.ndarray) -> dict[str, float]:
@@ -53,11 +55,8 @@ def kappa_forms(full: np.ndarray, kept: np.ndarray, masses: np.ndarray) -> dict[
     plain_spread = ((y - plain_y) ** 2).sum(1).mean()
     unweighted = math.sqrt(((plain_y - mean_x) ** 2).sum() / (spread_x + eps)) \
         + abs(0.5 * math.log((plain_spread + eps) / (spread_x + eps)))
-    ux = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
-    uy = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-30)
-    coverage = 1.0 - float((ux @ uy.T).max(axis=1).mean())
-    return {"shift_spread": shift + spread, "shift": shift, "spread": spread, "unweighted": unweighted,
-            "coverage": coverage}
+    return {"coverage": kappa(full, kept), "shift_spread": shift + spread, "shift": shift, "spread": spread,
+            "unweighted": unweighted}
 
 
 def _cell(report: dict, tokens: int) -> list[float]:
@@ -82,16 +81,26 @@ def gate_accuracy(kappa: np.ndarray, acgr: np.ndarray, tatcs: np.ndarray, tau: f
 
 def analyse(kappas: dict[str, np.ndarray], full: np.ndarray, acgr: np.ndarray, tatcs: np.ndarray) -> dict:
     out = {}
-    for form, kappa in kappas.items():
-        quantiles = [float(q) for q in np.quantile(kappa, np.linspace(0, 1, 11))]
+    for form, values in kappas.items():
+        quantiles = [float(q) for q in np.quantile(values, np.linspace(0, 1, 11))]
         taus = [-math.inf] + quantiles  # -inf: always TATCS; the max quantile: never
         out[form] = {
-            "spearman_loss": stats.spearman(kappa, full - acgr),
-            "spearman_tatcs_gain": stats.spearman(kappa, tatcs - acgr),
-            "spearman_loss_vs_in_use": stats.spearman_gap(kappa, kappas["shift_spread"], full - acgr),
-            "tau_accuracy": [(tau, gate_accuracy(kappa, acgr, tatcs, tau)) for tau in taus],
+            "spearman_loss": stats.spearman(values, full - acgr),
+            "spearman_tatcs_gain": stats.spearman(values, tatcs - acgr),
+            "spearman_loss_vs_in_use": stats.spearman_gap(values, kappas[IN_USE], full - acgr),
+            "tau_accuracy": [(tau, gate_accuracy(values, acgr, tatcs, tau)) for tau in taus],
         }
     return out
+
+
+def shared_tau(per_budget: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """The one τ for every budget: (κ, ACGR, TATCS per image) per budget → (τ, mean gated accuracy over the
+    budgets). Candidates are every κ seen; ties go to the smallest τ (from -inf, always TATCS), so the gate
+    keeps ACGR's tokens only where that scored better."""
+    candidates = [-math.inf] + sorted({float(k) for values, _, _ in per_budget for k in values})
+    scored = [(tau, float(np.mean([gate_accuracy(values, acgr, tatcs, tau) for values, acgr, tatcs in per_budget])))
+              for tau in candidates]
+    return max(scored, key=lambda pair: pair[1])
 
 
 def run(argv: list[str]) -> dict:
@@ -118,19 +127,25 @@ def run(argv: list[str]) -> dict:
                 for form, value in kappa_forms(image.features, kept.features, kept.masses).items():
                     kappas[k][form].append(value)
     full = per_image(_full(reports[0]), n_per_image)
-    result = {}
+    result, gated = {}, []
     for k in budgets:
         acgr, tatcs = per_image(_cell(reports[0], k), n_per_image), per_image(_cell(reports[1], k), n_per_image)
         result[k] = analyse({f: np.asarray(v) for f, v in kappas[k].items()}, full, acgr, tatcs)
+        gated.append((np.asarray(kappas[k][IN_USE]), acgr, tatcs))
         print(f"\n{k} tokens: ACGR {100 * acgr.mean():.1f}%, TATCS {100 * tatcs.mean():.1f}%, "
               f"per image better with TATCS {int((tatcs > acgr).sum())}, with ACGR {int((acgr > tatcs).sum())}")
-        print("| κ form | ρ(κ, ACGR loss) | − shift_spread's [95% CI] | ρ(κ, TATCS gain) | best τ (accuracy) |\n"
+        print(f"| κ form | ρ(κ, ACGR loss) | − {IN_USE}'s [95% CI] | ρ(κ, TATCS gain) | best τ (accuracy) |\n"
               "|---|---|---|---|---|")
         for form, r in result[k].items():
             tau, accuracy = max(r["tau_accuracy"], key=lambda pair: pair[1])
             gap, (low, high) = r["spearman_loss_vs_in_use"]
             print(f"| {form} | {_number(r['spearman_loss'])} | {_number(gap)} [{_number(low)}, {_number(high)}] | "
                   f"{_number(r['spearman_tatcs_gain'])} | {tau:.3g} ({100 * accuracy:.1f}%) |")
+    tau, accuracy = shared_tau(gated)
+    always = float(np.mean([tatcs.mean() for _, _, tatcs in gated]))
+    print(f"\nτ for every budget ({IN_USE}): {tau:.4g}, mean gated accuracy {100 * accuracy:.2f}% "
+          f"(always TATCS: {100 * always:.2f}%)")
+    result["shared_tau"] = {"form": IN_USE, "tau": tau, "accuracy": accuracy, "always_tatcs": always}
     if args.json:
         write_json(args.json, result)
     return result

@@ -38,6 +38,6 @@ def prune(features, cls_attn, keys, masses, patch_idx, text, grid_h, grid_w, n_k
     assignment = np.where(out.assignment >= 0, rank[np.maximum(out.assignment, 0)], -1).astype(np.int32)  # (n,)
     kept = np.ascontiguousarray(out.features[order], dtype=np.float32)  # (K, d)
     kept_masses = np.ascontiguousarray(out.masses[order], dtype=np.float32)  # (K,)
-    k = kappa(features, masses, kept, kept_masses)
+    k = 0.0 if method == "full" else kappa(features, masses, kept)  # full keeps every row (native prune_full)
     return (tokens.patch_idx[out.rows[order]].astype(np.int32), kept, kept_masses, k, out.used_tatcs,
             assignment)

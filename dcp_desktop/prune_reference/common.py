@@ -10,7 +10,6 @@ an order of its own and may differ from native in the last bit, so it only shape
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,18 +119,12 @@ def selection(tokens: Tokens, rows) -> Output:
 
 # ---- κ -----------------------------------------------------------------------------------------
 
-def _mean_and_spread(x: np.ndarray, masses: np.ndarray | None) -> tuple[np.ndarray, float]:
-    x = x.astype(np.float64)
-    m = np.ones(len(x)) if masses is None else masses.astype(np.float64)
-    mean = (m[:, None] * x).sum(0) / m.sum()  # (d,)
-    spread = float((m * ((x - mean) ** 2).sum(1)).sum() / m.sum())
-    return mean, spread
-
-
-def kappa(a: np.ndarray, masses_a: np.ndarray | None, b: np.ndarray, masses_b: np.ndarray | None) -> float:
-    """κ from set a to set b: mean shift in units of a's spread + |log spread ratio| / 2 (prune.h)."""
-    mean_a, spread_a = _mean_and_spread(a, masses_a)
-    mean_b, spread_b = _mean_and_spread(b, masses_b)
-    eps = 1e-6 * float((a.astype(np.float64) ** 2).sum() / len(a)) + 1e-30
-    shift = float(((mean_b - mean_a) ** 2).sum())
-    return math.sqrt(shift / (spread_a + eps)) + abs(0.5 * math.log((spread_b + eps) / (spread_a + eps)))
+def kappa(a: np.ndarray, masses_a: np.ndarray | None, b: np.ndarray) -> float:
+    """κ from set a to set b: 1 − the mass-weighted mean over a's rows of each row's best cosine to a
+    row of b, clamped at 0 (prune.h). The sums run in row order (cumsum), as native's."""
+    unit_a, unit_b = exact_unit_rows(a), exact_unit_rows(b)
+    best = np.concatenate([cosines(unit_a[i:i + 64, None], unit_b[None]).max(axis=1)  # 64 rows at a time
+                           for i in range(0, len(a), 64)])  # (n_a,)
+    masses = np.ones(len(a)) if masses_a is None else masses_a.astype(np.float64)
+    covered, total = np.cumsum(masses * best)[-1], np.cumsum(masses)[-1]
+    return max(0.0, float(1.0 - covered / total))

@@ -231,7 +231,7 @@ def _merge_into_representatives(tokens: Tokens, x: np.ndarray, cluster: np.ndarr
 
 def dcp(tokens: Tokens, n_keep: int, seed: int, options: dict) -> Output:
     recovered = anchor_context_recovery(tokens, n_keep, options)
-    shift = kappa(tokens.features, tokens.masses, recovered.features, recovered.masses)
+    shift = kappa(tokens.features, tokens.masses, recovered.features)
     if np.float32(shift) <= max(np.float32(options["tau"]), KAPPA_NOISE):  # float32, as native
         return recovered
     if int(options["dcp_anchors_per_token"]) == 0:  # TATCS on every input row (the first build's reading)

@@ -59,6 +59,43 @@ DCP_ALWAYS_INLINE Acc lane_dot(const A * a, const B * b, size_t n) {
     return lane[0];
 }
 
+// Four dot products at once: out[r] = lane_dot<Acc, Lanes>(a[r], b[r], n) bit for bit (each sum keeps
+// its own lanes, summed and folded in lane_dot's order). One lane_dot is bound by the add latency
+// (Lanes independent sums); four side by side give 4·Lanes. A row passed as every a[r] (one row
+// against four) is loaded once per step for all four once inlined. The similarity loops go through
+// this in blocks of four rows.
+template <typename Acc, size_t Lanes, typename A, typename B>
+DCP_ALWAYS_INLINE void lane_dots4(const A * const * a, const B * const * b, size_t n, Acc * out) {
+    static_assert(Lanes > 0 && (Lanes & (Lanes - 1)) == 0, "Lanes must be a power of two");
+    const A * a0 = a[0], * a1 = a[1], * a2 = a[2], * a3 = a[3];
+    const B * b0 = b[0], * b1 = b[1], * b2 = b[2], * b3 = b[3];
+    Acc s0[Lanes] = {}, s1[Lanes] = {}, s2[Lanes] = {}, s3[Lanes] = {};
+    size_t k = 0;
+    for (; k + Lanes <= n; k += Lanes) {
+        for (size_t l = 0; l < Lanes; ++l) {
+            s0[l] += Acc(a0[k + l]) * Acc(b0[k + l]);
+            s1[l] += Acc(a1[k + l]) * Acc(b1[k + l]);
+            s2[l] += Acc(a2[k + l]) * Acc(b2[k + l]);
+            s3[l] += Acc(a3[k + l]) * Acc(b3[k + l]);
+        }
+    }
+    for (size_t l = 0; k + l < n; ++l) {
+        s0[l] += Acc(a0[k + l]) * Acc(b0[k + l]);
+        s1[l] += Acc(a1[k + l]) * Acc(b1[k + l]);
+        s2[l] += Acc(a2[k + l]) * Acc(b2[k + l]);
+        s3[l] += Acc(a3[k + l]) * Acc(b3[k + l]);
+    }
+    for (size_t width = Lanes / 2; width > 0; width /= 2) {
+        for (size_t l = 0; l < width; ++l) {
+            s0[l] = s0[2 * l] + s0[2 * l + 1];
+            s1[l] = s1[2 * l] + s1[2 * l + 1];
+            s2[l] = s2[2 * l] + s2[2 * l + 1];
+            s3[l] = s3[2 * l] + s3[2 * l + 1];
+        }
+    }
+    out[0] = s0[0], out[1] = s1[0], out[2] = s2[0], out[3] = s3[0];
+}
+
 // Σ a[k]·b[k] in double, 8 lanes (a float·float product is exact in double). Twin: dot_f64.
 template <typename A, typename B>
 DCP_ALWAYS_INLINE double dot_f64(const A * a, const B * b, size_t n) {

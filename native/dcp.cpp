@@ -111,12 +111,61 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
     return r;
 }
 
+// The unit rows ACGR compares (keys when given, else features): read from `whole` when the caller
+// has normalised every row already, else normalised here a block of rows at a time (the same bits
+// as exact_unit_rows), so no (N, d) copy is written and each row meets the anchors while in cache.
+class semantic_rows {
+public:
+    semantic_rows(const dcp_tokens & t, const unit_set * whole)
+        : raw_(t.keys ? t.keys : t.features), n_cols_(size_t(t.keys ? t.n_dim_keys : t.n_dim)),
+          n_rows_(t.n_tokens), whole_(whole) {}
+
+    size_t n_cols() const { return n_cols_; }
+
+    // Unit row i; the pointer stays valid until a row outside i's block is asked for.
+    const float * row(int32_t i) {
+        if (whole_) {
+            return whole_->row(i);
+        }
+        if (first_ < 0 || i < first_ || i >= first_ + k_block) {
+            first_ = i - i % k_block;
+            block_.resize(size_t(k_block) * n_cols_);
+            unit_rows_f32(raw_ + size_t(first_) * n_cols_, size_t(std::min(k_block, n_rows_ - first_)), n_cols_,
+                          block_.data());
+        }
+        return block_.data() + size_t(i - first_) * n_cols_;
+    }
+
+    // The unit rows of `rows`, in that order ((|rows|, d)).
+    unit_set gather(const index_list & rows) const {
+        unit_set out{std::vector<float>(rows.size() * n_cols_), n_cols_};
+        for (size_t k = 0; k < rows.size(); ++k) {
+            float * dst = out.data.data() + k * n_cols_;
+            if (whole_) {
+                std::copy_n(whole_->row(rows[k]), n_cols_, dst);
+            } else {
+                unit_rows_f32(raw_ + size_t(rows[k]) * n_cols_, 1, n_cols_, dst);
+            }
+        }
+        return out;
+    }
+
+private:
+    static constexpr int32_t k_block = 4;  // unit_rows_f32 sums four norms side by side
+    const float *      raw_;
+    size_t             n_cols_;
+    int32_t            n_rows_;
+    const unit_set *   whole_;
+    std::vector<float> block_;  // (k_block, d) unit rows first_ .. first_ + k_block - 1
+    int32_t            first_ = -1;
+};
+
 // affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where the cosine exceeds min_similarity, else
-// -inf (no link on proximity alone), for every anchor a.
-void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
-                       const spatial_kernel & spatial, double min_similarity, int32_t row,
-                       std::vector<double> & affinity) {
-    cosines_with(u.row(row), u, anchors.data(), anchors.size(), affinity.data());
+// -inf (no link on proximity alone), for every anchor a (unit rows in `anchor_units`).
+void anchor_affinities(const dcp_tokens & t, const float * unit_row, const unit_set & anchor_units,
+                       const index_list & anchors, const spatial_kernel & spatial, double min_similarity,
+                       int32_t row, std::vector<double> & affinity) {
+    cosines_with(unit_row, anchor_units, nullptr, anchors.size(), affinity.data());
     for (size_t a = 0; a < anchors.size(); ++a) {
         const double semantic = affinity[a];
         affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
@@ -175,15 +224,18 @@ merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, 
     return out;
 }
 
-// ACGR with n_anchors anchors (contract in prune.h); u = semantic_unit_rows(t).
+// ACGR with n_anchors anchors (contract in prune.h); `whole` = semantic_unit_rows(t) when the caller
+// has it, else NULL (ACGR normalises row by row).
 merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, const dcp_options & o,
-                                      const unit_set & u) {
+                                      const unit_set * whole) {
     index_list anchors = top_k(t.cls_attn, t.n_tokens, n_anchors);
     std::sort(anchors.begin(), anchors.end());  // positions ascend with rows: ties go to the lower row
     std::vector<uint8_t> is_anchor(size_t(t.n_tokens), 0);
     for (int32_t a : anchors) {
         is_anchor[size_t(a)] = 1;
     }
+    semantic_rows u(t, whole);
+    const unit_set anchor_units = u.gather(anchors);  // (M, ds)
     const spatial_kernel spatial(t, o);
     const std::vector<double> rho = handover_weights(t);
     const int32_t n_neighbors = std::min(o.acgr_n_neighbors, n_anchors);
@@ -201,7 +253,7 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
         if (is_anchor[size_t(row)]) {
             continue;
         }
-        anchor_affinities(t, u, anchors, spatial, o.acgr_min_similarity, row, affinity);
+        anchor_affinities(t, u.row(row), anchor_units, anchors, spatial, o.acgr_min_similarity, row, affinity);
         std::iota(order.begin(), order.end(), 0);
         std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
         if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
@@ -429,7 +481,7 @@ void emit(const dcp_tokens & t, const merged_tokens & m, dcp_selection & out) {
 // ---- the methods (contracts in prune.h) ----------------------------------------------------------
 
 dcp_status prune_acgr(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
-    emit(t, anchor_context_recovery(t, p.n_keep, p.options, semantic_unit_rows(t)), out);
+    emit(t, anchor_context_recovery(t, p.n_keep, p.options, nullptr), out);
     return DCP_STATUS_OK;
 }
 
@@ -440,8 +492,12 @@ dcp_status prune_tatcs(const dcp_tokens & t, const dcp_prune_params & p, dcp_sel
 }
 
 dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
-    const unit_set semantic = semantic_unit_rows(t);
-    merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
+    // Unit rows normalised whole only where a later stage reads the same rows again: the features
+    // when there are no keys (TATCS on the inputs compares them too), the keys when ACGR runs twice.
+    const bool tatcs_on_inputs = p.options.dcp_anchors_per_token == 0;
+    const unit_set semantic = !t.keys || !tatcs_on_inputs ? semantic_unit_rows(t) : unit_set{{}, 0};
+    const unit_set * whole = t.keys && tatcs_on_inputs ? nullptr : &semantic;
+    merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, whole);
     const kappa_reference input = kappa_reference_of(t.features, t.masses_in, t.n_tokens, t.n_dim);  // once
     const float kappa = kappa_from(input, recovered.features.data(), recovered.masses.data(), p.n_keep);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
@@ -449,7 +505,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
         out.kappa = kappa_from(input, out.features, out.masses, p.n_keep);  // in output order, as dcp_prune's
         return DCP_STATUS_OK;
     }
-    if (p.options.dcp_anchors_per_token == 0) {  // TATCS on every input row (the first build's reading)
+    if (tatcs_on_inputs) {  // TATCS on every input row (the first build's reading)
         emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
                        : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
         out.used_tatcs = true;
@@ -459,7 +515,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     // TATCS re-clusters the recovered anchors of a wider ACGR (M = anchors_per_token·K of them).
     const int32_t n_anchors = int32_t(std::min<int64_t>(t.n_tokens, int64_t(p.options.dcp_anchors_per_token) * p.n_keep));
     if (n_anchors > p.n_keep) {
-        recovered = anchor_context_recovery(t, n_anchors, p.options, semantic);
+        recovered = anchor_context_recovery(t, n_anchors, p.options, whole);
     }
     const index_list & anchors = recovered.rows;
     std::vector<float> anchor_attn(anchors.size());

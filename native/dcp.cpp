@@ -177,7 +177,7 @@ void anchor_affinities(const dcp_tokens & t, const float * unit_row, const unit_
 // positively linked anchors: order[0 .. n_neighbors) by affinity, best first, so the positive
 // links are a prefix; w = affinity / Σ positive affinities.
 // Returns the number of counted links (0: the row is dropped).
-int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
+DCP_VECTOR_CLONES int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
             const index_list & order, int32_t n_neighbors, recovery & r) {
     int32_t n_links = 0;
     double total = 0.0;
@@ -383,7 +383,7 @@ index_list assign_clusters(const cluster_centres & c, const std::vector<double> 
 }
 
 // μ_Q per cluster: the unit vector of Σ m_i·x̂_i (summed in double in row order).
-unit_set cluster_directions(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters) {
+DCP_VECTOR_CLONES unit_set cluster_directions(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters) {
     const size_t d = x.n_cols;
     std::vector<double> sum(n_clusters * d, 0.0);  // (K, d)
     for (int32_t i = 0; i < t.n_tokens; ++i) {

@@ -106,7 +106,7 @@ DCP_ALWAYS_INLINE double dot_f64(const A * a, const B * b, size_t n) {
 // x86-64 Linux): for AVX2 and for the baseline. The lanes sum in the same order either way (no FMA:
 // -ffp-contract=off), so both clones give the same bits, and the twin still replays them.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define DCP_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define DCP_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define DCP_VECTOR_CLONES
 #endif

@@ -111,29 +111,26 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
     return r;
 }
 
-// The unit rows ACGR compares (keys when given, else features): read from `whole` when the caller
-// has normalised every row already, else normalised here a block of rows at a time (the same bits
-// as exact_unit_rows), so no (N, d) copy is written and each row meets the anchors while in cache.
+// The unit rows ACGR compares (keys when given, else features), k_block at a time: read from
+// `whole` when the caller has normalised every row already, else normalised here into a small
+// scratch (the same bits as exact_unit_rows), so no (N, d) copy is written and each block of rows
+// meets the anchors while it is in cache.
 class semantic_rows {
 public:
+    static constexpr int32_t k_block = 4;  // unit_rows_f32 sums four norms side by side
+
     semantic_rows(const dcp_tokens & t, const unit_set * whole)
         : raw_(t.keys ? t.keys : t.features), n_cols_(size_t(t.keys ? t.n_dim_keys : t.n_dim)),
-          n_rows_(t.n_tokens), whole_(whole) {}
+          n_rows_(t.n_tokens), whole_(whole), scratch_(whole ? 0 : size_t(k_block) * n_cols_) {}
 
-    size_t n_cols() const { return n_cols_; }
-
-    // Unit row i; the pointer stays valid until a row outside i's block is asked for.
-    const float * row(int32_t i) {
-        if (whole_) {
-            return whole_->row(i);
+    // Unit rows first .. first + n - 1 (n <= k_block) into unit[]; valid until the next call.
+    void rows(int32_t first, int32_t n, const float ** unit) {
+        if (!whole_) {
+            unit_rows_f32(raw_ + size_t(first) * n_cols_, size_t(n), n_cols_, scratch_.data());
         }
-        if (first_ < 0 || i < first_ || i >= first_ + k_block) {
-            first_ = i - i % k_block;
-            block_.resize(size_t(k_block) * n_cols_);
-            unit_rows_f32(raw_ + size_t(first_) * n_cols_, size_t(std::min(k_block, n_rows_ - first_)), n_cols_,
-                          block_.data());
+        for (int32_t r = 0; r < n; ++r) {
+            unit[r] = whole_ ? whole_->row(first + r) : scratch_.data() + size_t(r) * n_cols_;
         }
-        return block_.data() + size_t(i - first_) * n_cols_;
     }
 
     // The unit rows of `rows`, in that order ((|rows|, d)).
@@ -141,35 +138,28 @@ public:
         unit_set out{std::vector<float>(rows.size() * n_cols_), n_cols_};
         for (size_t k = 0; k < rows.size(); ++k) {
             float * dst = out.data.data() + k * n_cols_;
-            if (whole_) {
-                std::copy_n(whole_->row(rows[k]), n_cols_, dst);
-            } else {
-                unit_rows_f32(raw_ + size_t(rows[k]) * n_cols_, 1, n_cols_, dst);
-            }
+            whole_ ? void(std::copy_n(whole_->row(rows[k]), n_cols_, dst))
+                   : unit_rows_f32(raw_ + size_t(rows[k]) * n_cols_, 1, n_cols_, dst);
         }
         return out;
     }
 
 private:
-    static constexpr int32_t k_block = 4;  // unit_rows_f32 sums four norms side by side
     const float *      raw_;
     size_t             n_cols_;
     int32_t            n_rows_;
     const unit_set *   whole_;
-    std::vector<float> block_;  // (k_block, d) unit rows first_ .. first_ + k_block - 1
-    int32_t            first_ = -1;
+    std::vector<float> scratch_;  // (k_block, d) when not whole
 };
 
-// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where the cosine exceeds min_similarity, else
-// -inf (no link on proximity alone), for every anchor a (unit rows in `anchor_units`).
-void anchor_affinities(const dcp_tokens & t, const float * unit_row, const unit_set & anchor_units,
-                       const index_list & anchors, const spatial_kernel & spatial, double min_similarity,
-                       int32_t row, std::vector<double> & affinity) {
-    cosines_with(unit_row, anchor_units, nullptr, anchors.size(), affinity.data());
+// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where that cosine (cosine[a]) exceeds
+// min_similarity, else -inf (no link on proximity alone), for every anchor a.
+void anchor_affinities(const dcp_tokens & t, const double * cosine, const index_list & anchors,
+                       const spatial_kernel & spatial, double min_similarity, int32_t row,
+                       std::vector<double> & affinity) {
     for (size_t a = 0; a < anchors.size(); ++a) {
-        const double semantic = affinity[a];
-        affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
-                                                : -k_infinity;
+        affinity[a] = cosine[a] > min_similarity ? cosine[a] + spatial(patch_of(t, row), patch_of(t, anchors[a]))
+                                                 : -k_infinity;
     }
 }
 
@@ -249,15 +239,24 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
         return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
     };
-    for (int32_t row = 0; row < t.n_tokens; ++row) {
-        if (is_anchor[size_t(row)]) {
-            continue;
-        }
-        anchor_affinities(t, u.row(row), anchor_units, anchors, spatial, o.acgr_min_similarity, row, affinity);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
-        if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
-            local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
+    const int32_t n_block = semantic_rows::k_block;
+    std::vector<double> cosine(size_t(n_block) * anchors.size());  // (block, M) scratch
+    for (int32_t first = 0; first < t.n_tokens; first += n_block) {
+        const int32_t n_rows = std::min(n_block, t.n_tokens - first);
+        const float * unit[semantic_rows::k_block];
+        u.rows(first, n_rows, unit);
+        cosines_tile(unit, size_t(n_rows), anchor_units, nullptr, anchors.size(), cosine.data());
+        for (int32_t row = first; row < first + n_rows; ++row) {
+            if (is_anchor[size_t(row)]) {
+                continue;
+            }
+            anchor_affinities(t, cosine.data() + size_t(row - first) * anchors.size(), anchors, spatial,
+                              o.acgr_min_similarity, row, affinity);
+            std::iota(order.begin(), order.end(), 0);
+            std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
+            if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
+                local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
+            }
         }
     }
     return finish_recovery(t, anchors, r, o.acgr_self_share, std::move(local));
@@ -337,6 +336,8 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
     }
     std::vector<uint8_t> is_centre(n, 0);
     std::vector<double> cosine(n);  // (n,) scratch
+    index_list backward(n);         // every other pass runs from the last row down: the rows the
+    std::iota(backward.rbegin(), backward.rend(), 0);  // last pass read last are still in cache
     cluster_centres c{{}, std::vector<float>(size_t(n_centres) * n)};
     c.rows.reserve(size_t(n_centres));
     int32_t next = best_row(seed, is_centre);
@@ -344,9 +345,10 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         c.rows.push_back(next);
         is_centre[size_t(next)] = 1;
         float * similarity = c.similarity.data() + k * n;
-        cosines_with(x.row(next), x, nullptr, n, cosine.data());  // ⟨x̂_next, x̂_i⟩ = ⟨x̂_i, x̂_next⟩ bit for bit
+        const bool down = k % 2 == 1;
+        cosines_with(x.row(next), x, down ? backward.data() : nullptr, n, cosine.data());  // = ⟨x̂_i, x̂_next⟩
         for (size_t i = 0; i < n; ++i) {
-            similarity[i] = float(cosine[i]);
+            similarity[i] = float(cosine[down ? n - 1 - i : i]);
             min_distance[i] = std::min(min_distance[i], 1.0 - double(similarity[i]));
         }
         if (k + 1 < size_t(n_centres)) {

@@ -58,24 +58,28 @@ DCP_VECTOR_CLONES void unit_rows_f32(const float * x, size_t n_rows, size_t n_co
     }
 }
 
-DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
-                                    double * out) {
-    constexpr size_t block = 4;  // rows dotted with `a` per pass over it (lane_dots4)
-    const float * shared[block] = {a, a, a, a};
+DCP_VECTOR_CLONES void cosines_tile(const float * const * a, size_t n_a, const unit_set & x, const int32_t * rows,
+                                    size_t n_rows, double * out) {
+    constexpr size_t block = 4;  // rows of x dotted with each a[i] per pass over it (lane_dots4)
     const float * other[block];
     float cosine[block];
     size_t j = 0;
-    for (; j + block <= n_rows; j += block) {
+    for (; j + block <= n_rows; j += block) {  // these four rows of x stay in L1 for every a[i]
         for (size_t r = 0; r < block; ++r) {
             other[r] = x.row(rows ? rows[j + r] : int32_t(j + r));
         }
-        lane_dots4<float, 16>(shared, other, x.n_cols, cosine);
-        for (size_t r = 0; r < block; ++r) {
-            out[j + r] = double(cosine[r]);
+        for (size_t i = 0; i < n_a; ++i) {
+            const float * shared[block] = {a[i], a[i], a[i], a[i]};
+            lane_dots4<float, 16>(shared, other, x.n_cols, cosine);
+            for (size_t r = 0; r < block; ++r) {
+                out[i * n_rows + j + r] = double(cosine[r]);
+            }
         }
     }
     for (; j < n_rows; ++j) {
-        out[j] = double(lane_dot<float, 16>(a, x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+        for (size_t i = 0; i < n_a; ++i) {
+            out[i * n_rows + j] = double(lane_dot<float, 16>(a[i], x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+        }
     }
 }
 
@@ -92,18 +96,29 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
     }
     if (n_kept < size_t(t.n_tokens)) {
         const unit_set x = exact_unit_rows(t.features, t.n_tokens, t.n_dim);
-        std::vector<double> similarity(n_kept);  // (K,) scratch
+        constexpr size_t block = 4;  // dropped rows against the kept rows at a time (cosines_tile)
+        std::vector<double> similarity(block * n_kept);  // (block, K) scratch
+        index_list dropped;  // (block,) rows
+        const float * unit[block];
         for (int32_t i = 0; i < t.n_tokens; ++i) {
-            if (token[size_t(i)] >= 0) {
+            if (token[size_t(i)] < 0) {
+                unit[dropped.size()] = x.row(i);
+                dropped.push_back(i);
+            }
+            if (dropped.size() < block && i + 1 < t.n_tokens) {
                 continue;
             }
-            cosines_with(x.row(i), x, rows.data(), n_kept, similarity.data());
-            size_t nearest = 0;
-            for (size_t k = 1; k < n_kept; ++k) {
-                nearest = similarity[k] > similarity[nearest] ? k : nearest;
+            cosines_tile(unit, dropped.size(), x, rows.data(), n_kept, similarity.data());
+            for (size_t q = 0; q < dropped.size(); ++q) {  // in row order: the masses add up as before
+                const double * s = similarity.data() + q * n_kept;
+                size_t nearest = 0;
+                for (size_t k = 1; k < n_kept; ++k) {
+                    nearest = s[k] > s[nearest] ? k : nearest;
+                }
+                token[size_t(dropped[q])] = int32_t(nearest);
+                mass[nearest] += mass_of(t, dropped[q]);
             }
-            token[size_t(i)] = int32_t(nearest);
-            mass[nearest] += mass_of(t, i);
+            dropped.clear();
         }
     }
     for (size_t k = 0; k < n_kept; ++k) {

@@ -157,9 +157,16 @@ unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
 }
 
 
+// out[i·n_rows + j] = cosine_f32(a[i], x.row(rows[j])) for i < n_a, j < n_rows (x.row(j) when rows is
+// NULL): blocks of four rows of x against every a[i] while they are in cache (lane_dots4), the same
+// bits as one cosine_f32 at a time.
+DCP_VECTOR_CLONES void cosines_tile(const float * const * a, size_t n_a, const unit_set & x, const int32_t * rows,
+                                    size_t n_rows, double * out);
+
 // out[j] = cosine_f32(a, x.row(rows[j])) for j in 0 .. n_rows-1, or with x.row(j) when rows is NULL.
-DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
-                                    double * out);
+inline void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows, double * out) {
+    cosines_tile(&a, 1, x, rows, n_rows, out);
+}
 
 // The row with the highest score among those not excluded (excluded[i] != 0); ties go to the
 // lower row. -1 when every row is excluded. Twin: best_row.

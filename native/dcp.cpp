@@ -111,47 +111,6 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
     return r;
 }
 
-// The unit rows ACGR compares (keys when given, else features), k_block at a time: read from
-// `whole` when the caller has normalised every row already, else normalised here into a small
-// scratch (the same bits as exact_unit_rows), so no (N, d) copy is written and each block of rows
-// meets the anchors while it is in cache.
-class semantic_rows {
-public:
-    static constexpr int32_t k_block = 4;  // unit_rows_f32 sums four norms side by side
-
-    semantic_rows(const dcp_tokens & t, const unit_set * whole)
-        : raw_(t.keys ? t.keys : t.features), n_cols_(size_t(t.keys ? t.n_dim_keys : t.n_dim)),
-          n_rows_(t.n_tokens), whole_(whole), scratch_(whole ? 0 : size_t(k_block) * n_cols_) {}
-
-    // Unit rows first .. first + n - 1 (n <= k_block) into unit[]; valid until the next call.
-    void rows(int32_t first, int32_t n, const float ** unit) {
-        if (!whole_) {
-            unit_rows_f32(raw_ + size_t(first) * n_cols_, size_t(n), n_cols_, scratch_.data());
-        }
-        for (int32_t r = 0; r < n; ++r) {
-            unit[r] = whole_ ? whole_->row(first + r) : scratch_.data() + size_t(r) * n_cols_;
-        }
-    }
-
-    // The unit rows of `rows`, in that order ((|rows|, d)).
-    unit_set gather(const index_list & rows) const {
-        unit_set out{std::vector<float>(rows.size() * n_cols_), n_cols_};
-        for (size_t k = 0; k < rows.size(); ++k) {
-            float * dst = out.data.data() + k * n_cols_;
-            whole_ ? void(std::copy_n(whole_->row(rows[k]), n_cols_, dst))
-                   : unit_rows_f32(raw_ + size_t(rows[k]) * n_cols_, 1, n_cols_, dst);
-        }
-        return out;
-    }
-
-private:
-    const float *      raw_;
-    size_t             n_cols_;
-    int32_t            n_rows_;
-    const unit_set *   whole_;
-    std::vector<float> scratch_;  // (k_block, d) when not whole
-};
-
 // affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where that cosine (cosine[a]) exceeds
 // min_similarity, else -inf (no link on proximity alone), for every anchor a.
 void anchor_affinities(const dcp_tokens & t, const double * cosine, const index_list & anchors,
@@ -215,7 +174,7 @@ merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, 
 }
 
 // ACGR with n_anchors anchors (contract in prune.h); `whole` = semantic_unit_rows(t) when the caller
-// has it, else NULL (ACGR normalises row by row).
+// has it, else NULL (ACGR normalises its rows a block at a time).
 merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, const dcp_options & o,
                                       const unit_set * whole) {
     index_list anchors = top_k(t.cls_attn, t.n_tokens, n_anchors);
@@ -224,7 +183,7 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     for (int32_t a : anchors) {
         is_anchor[size_t(a)] = 1;
     }
-    semantic_rows u(t, whole);
+    unit_row_blocks u(t.keys ? t.keys : t.features, t.keys ? t.n_dim_keys : t.n_dim, whole);  // keys, else features
     const unit_set anchor_units = u.gather(anchors);  // (M, ds)
     const spatial_kernel spatial(t, o);
     const std::vector<double> rho = handover_weights(t);
@@ -239,11 +198,11 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
         return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
     };
-    const int32_t n_block = semantic_rows::k_block;
+    const int32_t n_block = unit_row_blocks::k_block;
     std::vector<double> cosine(size_t(n_block) * anchors.size());  // (block, M) scratch
     for (int32_t first = 0; first < t.n_tokens; first += n_block) {
         const int32_t n_rows = std::min(n_block, t.n_tokens - first);
-        const float * unit[semantic_rows::k_block];
+        const float * unit[unit_row_blocks::k_block];
         u.rows(first, n_rows, unit);
         cosines_tile(unit, size_t(n_rows), anchor_units, nullptr, anchors.size(), cosine.data());
         for (int32_t row = first; row < first + n_rows; ++row) {

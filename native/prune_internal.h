@@ -14,6 +14,7 @@
 
 #include "prune.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -156,6 +157,44 @@ unit_set exact_unit_rows(const T * x, int32_t n_rows, int32_t n_cols) {
     return unit;
 }
 
+
+// The unit rows of a float32 (n, d) matrix, k_block at a time, bit-identical to exact_unit_rows: read
+// from `whole` when the caller has normalised every row already, else normalised into a small scratch
+// as they are asked for, so no (n, d) copy is written and each block is used while it is in cache.
+class unit_row_blocks {
+public:
+    static constexpr int32_t k_block = 4;  // unit_rows_f32 sums four norms side by side
+
+    unit_row_blocks(const float * x, int32_t n_cols, const unit_set * whole)
+        : x_(x), n_cols_(size_t(n_cols)), whole_(whole), scratch_(whole ? 0 : size_t(k_block) * n_cols_) {}
+
+    // Unit rows first .. first + n - 1 (n <= k_block) into unit[]; valid until the next call.
+    void rows(int32_t first, int32_t n, const float ** unit) {
+        if (!whole_) {
+            unit_rows_f32(x_ + size_t(first) * n_cols_, size_t(n), n_cols_, scratch_.data());
+        }
+        for (int32_t r = 0; r < n; ++r) {
+            unit[r] = whole_ ? whole_->row(first + r) : scratch_.data() + size_t(r) * n_cols_;
+        }
+    }
+
+    // The unit rows of `rows`, in that order ((|rows|, d)).
+    unit_set gather(const std::vector<int32_t> & rows) const {
+        unit_set out{std::vector<float>(rows.size() * n_cols_), n_cols_};
+        for (size_t k = 0; k < rows.size(); ++k) {
+            float * dst = out.data.data() + k * n_cols_;
+            whole_ ? void(std::copy_n(whole_->row(rows[k]), n_cols_, dst))
+                   : unit_rows_f32(x_ + size_t(rows[k]) * n_cols_, 1, n_cols_, dst);
+        }
+        return out;
+    }
+
+private:
+    const float *      x_;
+    size_t             n_cols_;
+    const unit_set *   whole_;
+    std::vector<float> scratch_;  // (k_block, d) when not whole
+};
 
 // out[i·n_rows + j] = cosine_f32(a[i], x.row(rows[j])) for i < n_a, j < n_rows (x.row(j) when rows is
 // NULL): blocks of four rows of x against every a[i] while they are in cache (lane_dots4), the same

@@ -66,10 +66,21 @@ struct spatial_kernel {
         return g;
     }
 
-    double operator()(int32_t patch_a, int32_t patch_b) const {
-        const int32_t rows = std::abs(patch_a / grid_w - patch_b / grid_w);
-        const int32_t cols = std::abs(patch_a % grid_w - patch_b % grid_w);
+    // Between the patches at grid cells (row, col) a and b.
+    double operator()(const int32_t * cell_a, const int32_t * cell_b) const {
+        const int32_t rows = std::abs(cell_a[0] - cell_b[0]);
+        const int32_t cols = std::abs(cell_a[1] - cell_b[1]);
         return weight * (along_rows[size_t(rows)] * along_cols[size_t(cols)]);
+    }
+
+    // The grid cells (row, col) of the given rows' patches ((|rows|, 2)), so the kernel divides once per row.
+    std::vector<int32_t> cells(const dcp_tokens & t, const index_list & rows) const {
+        std::vector<int32_t> cell(2 * rows.size());
+        for (size_t k = 0; k < rows.size(); ++k) {
+            cell[2 * k] = patch_of(t, rows[k]) / grid_w;
+            cell[2 * k + 1] = patch_of(t, rows[k]) % grid_w;
+        }
+        return cell;
     }
 };
 
@@ -112,13 +123,34 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
 }
 
 // affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where that cosine (cosine[a]) exceeds
-// min_similarity, else -inf (no link on proximity alone), for every anchor a.
-void anchor_affinities(const dcp_tokens & t, const double * cosine, const index_list & anchors,
+// min_similarity, else -inf (no link on proximity alone), for every anchor a (grid cells in anchor_cells).
+void anchor_affinities(const dcp_tokens & t, const double * cosine, const std::vector<int32_t> & anchor_cells,
                        const spatial_kernel & spatial, double min_similarity, int32_t row,
                        std::vector<double> & affinity) {
-    for (size_t a = 0; a < anchors.size(); ++a) {
-        affinity[a] = cosine[a] > min_similarity ? cosine[a] + spatial(patch_of(t, row), patch_of(t, anchors[a]))
+    const int32_t cell[2] = {patch_of(t, row) / spatial.grid_w, patch_of(t, row) % spatial.grid_w};
+    for (size_t a = 0; a < affinity.size(); ++a) {
+        affinity[a] = cosine[a] > min_similarity ? cosine[a] + spatial(cell, anchor_cells.data() + 2 * a)
                                                  : -k_infinity;
+    }
+}
+
+// order[0 .. n) = the n anchors of highest affinity, ties to the lower position, best first: what
+// std::partial_sort leaves there (the ranking is a strict total order), by insertion, since a row
+// needs its n_neighbors best of M.
+void best_first(const std::vector<double> & affinity, int32_t n, index_list & order) {
+    int32_t filled = 0;
+    for (int32_t a = 0; a < int32_t(affinity.size()); ++a) {
+        int32_t pos = filled;  // a ranks below every equal affinity already placed (all lower positions)
+        while (pos > 0 && affinity[size_t(a)] > affinity[size_t(order[size_t(pos - 1)])]) {
+            --pos;
+        }
+        if (pos < n) {
+            for (int32_t k = std::min(filled, n - 1); k > pos; --k) {
+                order[size_t(k)] = order[size_t(k - 1)];
+            }
+            order[size_t(pos)] = a;
+            filled = std::min(filled + 1, n);
+        }
     }
 }
 
@@ -195,9 +227,7 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     for (size_t a = 0; a < anchors.size(); ++a) {
         local[size_t(anchors[a])] = int32_t(a);
     }
-    const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
-        return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
-    };
+    const std::vector<int32_t> anchor_cells = spatial.cells(t, anchors);  // (M, 2)
     const int32_t n_block = unit_row_blocks::k_block;
     std::vector<double> cosine(size_t(n_block) * anchors.size());  // (block, M) scratch
     for (int32_t first = 0; first < t.n_tokens; first += n_block) {
@@ -209,10 +239,9 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
             if (is_anchor[size_t(row)]) {
                 continue;
             }
-            anchor_affinities(t, cosine.data() + size_t(row - first) * anchors.size(), anchors, spatial,
+            anchor_affinities(t, cosine.data() + size_t(row - first) * anchors.size(), anchor_cells, spatial,
                               o.acgr_min_similarity, row, affinity);
-            std::iota(order.begin(), order.end(), 0);
-            std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
+            best_first(affinity, n_neighbors, order);
             if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
                 local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
             }

@@ -46,38 +46,6 @@ double cos_rows(const row_set & a, int32_t i, const row_set & b, int32_t j) {
     return cosine(dot_f64(a.row(i), b.row(j), a.n_cols), a.norm2[size_t(i)], b.norm2[size_t(j)]);
 }
 
-// out[q] = cos_rows(x, rows[q], x, j) for q < n_rows: four rows dotted with row j side by side
-// (lane_dots4: each sum has dot_f64's bits), so the loop is not bound by one sum's add latency.
-DCP_VECTOR_CLONES void cosines_to_row(const row_set & x, const index_list & rows, int32_t j, double * out) {
-    const float * shared[4] = {x.row(j), x.row(j), x.row(j), x.row(j)};
-    for (size_t q = 0; q < rows.size(); q += 4) {
-        const float * other[4];
-        for (size_t r = 0; r < 4; ++r) {
-            other[r] = x.row(rows[std::min(q + r, rows.size() - 1)]);  // a short last block repeats its last row
-        }
-        double dot[4];
-        lane_dots4<double, 8>(shared, other, x.n_cols, dot);
-        for (size_t r = 0; r < 4 && q + r < rows.size(); ++r) {
-            out[q + r] = cosine(dot[r], x.norm2[size_t(rows[q + r])], x.norm2[size_t(j)]);
-        }
-    }
-}
-
-// Rows not yet picked, ascending, or descending when `down`: passes over all rows that alternate
-// start on the rows the last pass left in cache (576 rows of 1024 floats fill more than a 2 MB L2).
-index_list unpicked_rows(const std::vector<uint8_t> & picked, bool down) {
-    index_list rows;
-    for (size_t i = 0; i < picked.size(); ++i) {
-        if (!picked[i]) {
-            rows.push_back(int32_t(i));
-        }
-    }
-    if (down) {
-        std::reverse(rows.begin(), rows.end());
-    }
-    return rows;
-}
-
 // ---- visionzip -------------------------------------------------------------------------------
 
 int32_t visionzip_n_dominant(int32_t n_keep, float ratio) {
@@ -235,14 +203,12 @@ void cholesky_step(const row_set & x, const std::vector<double> & w, int32_t j, 
     }
     const double root = std::sqrt(s.d2[size_t(j)]);
     double * e = s.c.data() + step * n;
-    const index_list rows = unpicked_rows(s.picked, step % 2 == 1);  // each update is per row: any order
-    std::vector<double> cosines(rows.size());  // (n_unpicked,) cos(x_j, x_i)
-    cosines_to_row(x, rows, j, cosines.data());
-    for (size_t q = 0; q < rows.size(); ++q) {
-        const size_t i = size_t(rows[q]);
-        const double kernel = w[size_t(j)] * w[i] * cosines[q];
-        e[i] = (kernel - s.c_dot[i]) / root;
-        s.d2[i] -= e[i] * e[i];
+    for (size_t i = 0; i < n; ++i) {
+        if (!s.picked[i]) {
+            const double kernel = w[size_t(j)] * w[i] * cos_rows(x, j, x, int32_t(i));
+            e[i] = (kernel - s.c_dot[i]) / root;
+            s.d2[i] -= e[i] * e[i];
+        }
     }
 }
 
@@ -302,7 +268,6 @@ dcp_status prune_divprune(const dcp_tokens & t, const dcp_prune_params & p, dcp_
     const row_set x(t.features, t.n_tokens, t.n_dim);
     std::vector<double> min_distance(size_t(t.n_tokens), k_infinity);  // to the picked rows
     std::vector<uint8_t> picked(size_t(t.n_tokens), 0);
-    std::vector<double> cosine(size_t(t.n_tokens));  // (N,) scratch: cos(x_i, x_next) of the unpicked rows
     index_list rows;
     int32_t next = least_typical_row(x);
     while (true) {
@@ -311,11 +276,10 @@ dcp_status prune_divprune(const dcp_tokens & t, const dcp_prune_params & p, dcp_
         if (int32_t(rows.size()) == p.n_keep) {
             break;
         }
-        const index_list rest = unpicked_rows(picked, rows.size() % 2 == 0);  // each update is per row: any order
-        cosines_to_row(x, rest, next, cosine.data());
-        for (size_t q = 0; q < rest.size(); ++q) {
-            const size_t i = size_t(rest[q]);
-            min_distance[i] = std::min(min_distance[i], 1.0 - cosine[q]);
+        for (int32_t i = 0; i < t.n_tokens; ++i) {
+            if (!picked[size_t(i)]) {
+                min_distance[size_t(i)] = std::min(min_distance[size_t(i)], 1.0 - cos_rows(x, i, x, next));
+            }
         }
         next = best_row(min_distance, picked);
     }

@@ -105,9 +105,10 @@ DCP_ALWAYS_INLINE double dot_f64(const A * a, const B * b, size_t n) {
     return lane_dot<double, 8>(a, b, n);
 }
 
-// The hot cosine loops are compiled twice where the toolchain can pick a clone at load time (GCC on
-// x86-64 Linux): for AVX2 and for the baseline. The lanes sum in the same order either way (no FMA:
-// -ffp-contract=off), so both clones give the same bits, and the twin still replays them.
+// The hot loops are compiled three times where the toolchain can pick a clone at load time (GCC on
+// x86-64 Linux): for AVX-512 (x86-64-v4), for AVX2 and for the baseline. The lanes sum in the same
+// order in each (no FMA: -ffp-contract=off), so every clone gives the same bits, and the twin still
+// replays them.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define DCP_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else

@@ -66,10 +66,21 @@ struct spatial_kernel {
         return g;
     }
 
-    double operator()(int32_t patch_a, int32_t patch_b) const {
-        const int32_t rows = std::abs(patch_a / grid_w - patch_b / grid_w);
-        const int32_t cols = std::abs(patch_a % grid_w - patch_b % grid_w);
+    // Between the patches at grid cells (row, col) a and b.
+    double operator()(const int32_t * cell_a, const int32_t * cell_b) const {
+        const int32_t rows = std::abs(cell_a[0] - cell_b[0]);
+        const int32_t cols = std::abs(cell_a[1] - cell_b[1]);
         return weight * (along_rows[size_t(rows)] * along_cols[size_t(cols)]);
+    }
+
+    // The grid cells (row, col) of the given rows' patches ((|rows|, 2)), so the kernel divides once per row.
+    std::vector<int32_t> cells(const dcp_tokens & t, const index_list & rows) const {
+        std::vector<int32_t> cell(2 * rows.size());
+        for (size_t k = 0; k < rows.size(); ++k) {
+            cell[2 * k] = patch_of(t, rows[k]) / grid_w;
+            cell[2 * k + 1] = patch_of(t, rows[k]) % grid_w;
+        }
+        return cell;
     }
 };
 
@@ -111,16 +122,35 @@ recovery start_recovery(const dcp_tokens & t, const index_list & anchors) {
     return r;
 }
 
-// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where the cosine exceeds min_similarity, else
-// -inf (no link on proximity alone), for every anchor a.
-void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_list & anchors,
+// affinity[a] = ⟨u_row, u_anchor⟩ + spatial kernel where that cosine (cosine[a]) exceeds
+// min_similarity, else -inf (no link on proximity alone), for every anchor a (grid cells in anchor_cells).
+void anchor_affinities(const dcp_tokens & t, const double * cosine, const std::vector<int32_t> & anchor_cells,
                        const spatial_kernel & spatial, double min_similarity, int32_t row,
                        std::vector<double> & affinity) {
-    cosines_with(u.row(row), u, anchors.data(), anchors.size(), affinity.data());
-    for (size_t a = 0; a < anchors.size(); ++a) {
-        const double semantic = affinity[a];
-        affinity[a] = semantic > min_similarity ? semantic + spatial(patch_of(t, row), patch_of(t, anchors[a]))
-                                                : -k_infinity;
+    const int32_t cell[2] = {patch_of(t, row) / spatial.grid_w, patch_of(t, row) % spatial.grid_w};
+    for (size_t a = 0; a < affinity.size(); ++a) {
+        affinity[a] = cosine[a] > min_similarity ? cosine[a] + spatial(cell, anchor_cells.data() + 2 * a)
+                                                 : -k_infinity;
+    }
+}
+
+// order[0 .. n) = the n anchors of highest affinity, ties to the lower position, best first: what
+// std::partial_sort leaves there (the ranking is a strict total order), by insertion, since a row
+// needs its n_neighbors best of M.
+void best_first(const std::vector<double> & affinity, int32_t n, index_list & order) {
+    int32_t filled = 0;
+    for (int32_t a = 0; a < int32_t(affinity.size()); ++a) {
+        int32_t pos = filled;  // a ranks below every equal affinity already placed (all lower positions)
+        while (pos > 0 && affinity[size_t(a)] > affinity[size_t(order[size_t(pos - 1)])]) {
+            --pos;
+        }
+        if (pos < n) {
+            for (int32_t k = std::min(filled, n - 1); k > pos; --k) {
+                order[size_t(k)] = order[size_t(k - 1)];
+            }
+            order[size_t(pos)] = a;
+            filled = std::min(filled + 1, n);
+        }
     }
 }
 
@@ -128,7 +158,7 @@ void anchor_affinities(const dcp_tokens & t, const unit_set & u, const index_lis
 // positively linked anchors: order[0 .. n_neighbors) by affinity, best first, so the positive
 // links are a prefix; w = affinity / Σ positive affinities.
 // Returns the number of counted links (0: the row is dropped).
-int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
+DCP_VECTOR_CLONES int32_t absorb(const dcp_tokens & t, int32_t row, double rho, const std::vector<double> & affinity,
             const index_list & order, int32_t n_neighbors, recovery & r) {
     int32_t n_links = 0;
     double total = 0.0;
@@ -175,15 +205,18 @@ merged_tokens finish_recovery(const dcp_tokens & t, const index_list & anchors, 
     return out;
 }
 
-// ACGR with n_anchors anchors (contract in prune.h); u = semantic_unit_rows(t).
+// ACGR with n_anchors anchors (contract in prune.h); `whole` = semantic_unit_rows(t) when the caller
+// has it, else NULL (ACGR normalises its rows a block at a time).
 merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, const dcp_options & o,
-                                      const unit_set & u) {
+                                      const unit_set * whole) {
     index_list anchors = top_k(t.cls_attn, t.n_tokens, n_anchors);
     std::sort(anchors.begin(), anchors.end());  // positions ascend with rows: ties go to the lower row
     std::vector<uint8_t> is_anchor(size_t(t.n_tokens), 0);
     for (int32_t a : anchors) {
         is_anchor[size_t(a)] = 1;
     }
+    unit_row_blocks u(t.keys ? t.keys : t.features, t.keys ? t.n_dim_keys : t.n_dim, whole);  // keys, else features
+    const unit_set anchor_units = u.gather(anchors);  // (M, ds)
     const spatial_kernel spatial(t, o);
     const std::vector<double> rho = handover_weights(t);
     const int32_t n_neighbors = std::min(o.acgr_n_neighbors, n_anchors);
@@ -194,18 +227,24 @@ merged_tokens anchor_context_recovery(const dcp_tokens & t, int32_t n_anchors, c
     for (size_t a = 0; a < anchors.size(); ++a) {
         local[size_t(anchors[a])] = int32_t(a);
     }
-    const auto ranks_higher = [&affinity](int32_t a, int32_t b) {
-        return affinity[size_t(a)] > affinity[size_t(b)] || (affinity[size_t(a)] == affinity[size_t(b)] && a < b);
-    };
-    for (int32_t row = 0; row < t.n_tokens; ++row) {
-        if (is_anchor[size_t(row)]) {
-            continue;
-        }
-        anchor_affinities(t, u, anchors, spatial, o.acgr_min_similarity, row, affinity);
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + n_neighbors, order.end(), ranks_higher);
-        if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
-            local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
+    const std::vector<int32_t> anchor_cells = spatial.cells(t, anchors);  // (M, 2)
+    const int32_t n_block = unit_row_blocks::k_block;
+    std::vector<double> cosine(size_t(n_block) * anchors.size());  // (block, M) scratch
+    for (int32_t first = 0; first < t.n_tokens; first += n_block) {
+        const int32_t n_rows = std::min(n_block, t.n_tokens - first);
+        const float * unit[unit_row_blocks::k_block];
+        u.rows(first, n_rows, unit);
+        cosines_tile(unit, size_t(n_rows), anchor_units, nullptr, anchors.size(), cosine.data());
+        for (int32_t row = first; row < first + n_rows; ++row) {
+            if (is_anchor[size_t(row)]) {
+                continue;
+            }
+            anchor_affinities(t, cosine.data() + size_t(row - first) * anchors.size(), anchor_cells, spatial,
+                              o.acgr_min_similarity, row, affinity);
+            best_first(affinity, n_neighbors, order);
+            if (absorb(t, row, rho[size_t(row)], affinity, order, n_neighbors, r) > 0) {
+                local[size_t(row)] = order[0];  // largest affinity = largest w_ca; ties: the lower anchor row
+            }
         }
     }
     return finish_recovery(t, anchors, r, o.acgr_self_share, std::move(local));
@@ -285,6 +324,8 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
     }
     std::vector<uint8_t> is_centre(n, 0);
     std::vector<double> cosine(n);  // (n,) scratch
+    index_list backward(n);         // every other pass runs from the last row down: the rows the
+    std::iota(backward.rbegin(), backward.rend(), 0);  // last pass read last are still in cache
     cluster_centres c{{}, std::vector<float>(size_t(n_centres) * n)};
     c.rows.reserve(size_t(n_centres));
     int32_t next = best_row(seed, is_centre);
@@ -292,9 +333,10 @@ cluster_centres greedy_centres(const unit_set & x, const std::vector<double> & s
         c.rows.push_back(next);
         is_centre[size_t(next)] = 1;
         float * similarity = c.similarity.data() + k * n;
-        cosines_with(x.row(next), x, nullptr, n, cosine.data());  // ⟨x̂_next, x̂_i⟩ = ⟨x̂_i, x̂_next⟩ bit for bit
+        const bool down = k % 2 == 1;
+        cosines_with(x.row(next), x, down ? backward.data() : nullptr, n, cosine.data());  // = ⟨x̂_i, x̂_next⟩
         for (size_t i = 0; i < n; ++i) {
-            similarity[i] = float(cosine[i]);
+            similarity[i] = float(cosine[down ? n - 1 - i : i]);
             min_distance[i] = std::min(min_distance[i], 1.0 - double(similarity[i]));
         }
         if (k + 1 < size_t(n_centres)) {
@@ -331,7 +373,7 @@ index_list assign_clusters(const cluster_centres & c, const std::vector<double> 
 }
 
 // μ_Q per cluster: the unit vector of Σ m_i·x̂_i (summed in double in row order).
-unit_set cluster_directions(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters) {
+DCP_VECTOR_CLONES unit_set cluster_directions(const dcp_tokens & t, const unit_set & x, const index_list & cluster, size_t n_clusters) {
     const size_t d = x.n_cols;
     std::vector<double> sum(n_clusters * d, 0.0);  // (K, d)
     for (int32_t i = 0; i < t.n_tokens; ++i) {
@@ -429,7 +471,7 @@ void emit(const dcp_tokens & t, const merged_tokens & m, dcp_selection & out) {
 // ---- the methods (contracts in prune.h) ----------------------------------------------------------
 
 dcp_status prune_acgr(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
-    emit(t, anchor_context_recovery(t, p.n_keep, p.options, semantic_unit_rows(t)), out);
+    emit(t, anchor_context_recovery(t, p.n_keep, p.options, nullptr), out);
     return DCP_STATUS_OK;
 }
 
@@ -440,8 +482,12 @@ dcp_status prune_tatcs(const dcp_tokens & t, const dcp_prune_params & p, dcp_sel
 }
 
 dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selection & out) {
-    const unit_set semantic = semantic_unit_rows(t);
-    merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, semantic);
+    // Unit rows normalised whole only where a later stage reads the same rows again: the features
+    // when there are no keys (TATCS on the inputs compares them too), the keys when ACGR runs twice.
+    const bool tatcs_on_inputs = p.options.dcp_anchors_per_token == 0;
+    const unit_set semantic = !t.keys || !tatcs_on_inputs ? semantic_unit_rows(t) : unit_set{{}, 0};
+    const unit_set * whole = t.keys && tatcs_on_inputs ? nullptr : &semantic;
+    merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, whole);
     const kappa_reference input = kappa_reference_of(t.features, t.masses_in, t.n_tokens, t.n_dim);  // once
     const float kappa = kappa_from(input, recovered.features.data(), p.n_keep);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
@@ -449,7 +495,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
         out.kappa = kappa_from(input, out.features, p.n_keep);  // in output order, as dcp_prune's
         return DCP_STATUS_OK;
     }
-    if (p.options.dcp_anchors_per_token == 0) {  // TATCS on every input row (the first build's reading)
+    if (tatcs_on_inputs) {  // TATCS on every input row (the first build's reading)
         emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
                        : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
         out.used_tatcs = true;
@@ -459,7 +505,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     // TATCS re-clusters the recovered anchors of a wider ACGR (M = anchors_per_token·K of them).
     const int32_t n_anchors = int32_t(std::min<int64_t>(t.n_tokens, int64_t(p.options.dcp_anchors_per_token) * p.n_keep));
     if (n_anchors > p.n_keep) {
-        recovered = anchor_context_recovery(t, n_anchors, p.options, semantic);
+        recovered = anchor_context_recovery(t, n_anchors, p.options, whole);
     }
     const index_list & anchors = recovered.rows;
     std::vector<float> anchor_attn(anchors.size());

@@ -39,20 +39,47 @@ index_list top_k(const float * score, int32_t n, int32_t k) {
 }
 
 DCP_VECTOR_CLONES void unit_rows_f32(const float * x, size_t n_rows, size_t n_cols, float * out) {
-    for (size_t i = 0; i < n_rows; ++i) {
-        const float * row = x + i * n_cols;
-        const double norm = std::sqrt(dot_f64(row, row, n_cols));
-        const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
-        for (size_t j = 0; j < n_cols; ++j) {
-            out[i * n_cols + j] = float(double(row[j]) * scale);
+    constexpr size_t block = 4;  // rows whose norms are summed side by side (lane_dots4)
+    for (size_t i = 0; i < n_rows; i += block) {
+        const size_t n_block = std::min(block, n_rows - i);
+        const float * rows[block];
+        for (size_t r = 0; r < block; ++r) {
+            rows[r] = x + (i + std::min(r, n_block - 1)) * n_cols;  // a short block repeats its last row
+        }
+        double norm2[block];
+        lane_dots4<double, 8>(rows, rows, n_cols, norm2);  // dot_f64(row, row) each
+        for (size_t r = 0; r < n_block; ++r) {
+            const double norm = std::sqrt(norm2[r]);
+            const double scale = norm > 0.0 ? 1.0 / norm : 0.0;
+            for (size_t j = 0; j < n_cols; ++j) {
+                out[(i + r) * n_cols + j] = float(double(rows[r][j]) * scale);
+            }
         }
     }
 }
 
-DCP_VECTOR_CLONES void cosines_with(const float * a, const unit_set & x, const int32_t * rows, size_t n_rows,
-                                    double * out) {
-    for (size_t j = 0; j < n_rows; ++j) {
-        out[j] = double(lane_dot<float, 16>(a, x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+DCP_VECTOR_CLONES void cosines_tile(const float * const * a, size_t n_a, const unit_set & x, const int32_t * rows,
+                                    size_t n_rows, double * out) {
+    constexpr size_t block = 4;  // rows of x dotted with each a[i] per pass over it (lane_dots4)
+    const float * other[block];
+    float cosine[block];
+    size_t j = 0;
+    for (; j + block <= n_rows; j += block) {  // these four rows of x stay in L1 for every a[i]
+        for (size_t r = 0; r < block; ++r) {
+            other[r] = x.row(rows ? rows[j + r] : int32_t(j + r));
+        }
+        for (size_t i = 0; i < n_a; ++i) {
+            const float * shared[block] = {a[i], a[i], a[i], a[i]};
+            lane_dots4<float, 16>(shared, other, x.n_cols, cosine);
+            for (size_t r = 0; r < block; ++r) {
+                out[i * n_rows + j + r] = double(cosine[r]);
+            }
+        }
+    }
+    for (; j < n_rows; ++j) {
+        for (size_t i = 0; i < n_a; ++i) {
+            out[i * n_rows + j] = double(lane_dot<float, 16>(a[i], x.row(rows ? rows[j] : int32_t(j)), x.n_cols));
+        }
     }
 }
 
@@ -69,18 +96,29 @@ void emit_selection(const dcp_tokens & t, index_list rows, const dcp_selection &
     }
     if (n_kept < size_t(t.n_tokens)) {
         const unit_set x = exact_unit_rows(t.features, t.n_tokens, t.n_dim);
-        std::vector<double> similarity(n_kept);  // (K,) scratch
+        constexpr size_t block = 4;  // dropped rows against the kept rows at a time (cosines_tile)
+        std::vector<double> similarity(block * n_kept);  // (block, K) scratch
+        index_list dropped;  // (block,) rows
+        const float * unit[block];
         for (int32_t i = 0; i < t.n_tokens; ++i) {
-            if (token[size_t(i)] >= 0) {
+            if (token[size_t(i)] < 0) {
+                unit[dropped.size()] = x.row(i);
+                dropped.push_back(i);
+            }
+            if (dropped.size() < block && i + 1 < t.n_tokens) {
                 continue;
             }
-            cosines_with(x.row(i), x, rows.data(), n_kept, similarity.data());
-            size_t nearest = 0;
-            for (size_t k = 1; k < n_kept; ++k) {
-                nearest = similarity[k] > similarity[nearest] ? k : nearest;
+            cosines_tile(unit, dropped.size(), x, rows.data(), n_kept, similarity.data());
+            for (size_t q = 0; q < dropped.size(); ++q) {  // in row order: the masses add up as before
+                const double * s = similarity.data() + q * n_kept;
+                size_t nearest = 0;
+                for (size_t k = 1; k < n_kept; ++k) {
+                    nearest = s[k] > s[nearest] ? k : nearest;
+                }
+                token[size_t(dropped[q])] = int32_t(nearest);
+                mass[nearest] += mass_of(t, dropped[q]);
             }
-            token[size_t(i)] = int32_t(nearest);
-            mass[nearest] += mass_of(t, i);
+            dropped.clear();
         }
     }
     for (size_t k = 0; k < n_kept; ++k) {
@@ -120,8 +158,25 @@ void emit_merged(const dcp_tokens & t, const index_list & rows, const std::vecto
 
 namespace {
 
-bool all_finite(const float * values, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
+// Blocks of 256 values checked without branches (x - x is 0 for a finite x, NaN for NaN and ±Inf),
+// so the loop vectorises; the checks read every input value and ran one compare-and-branch a value.
+DCP_VECTOR_CLONES bool all_finite(const float * values, size_t n) {
+    constexpr size_t block = 256;
+    size_t i = 0;
+    for (; i + block <= n; i += block) {
+        float zero[16] = {};  // Σ (x - x) in 16 lanes: 0 unless a NaN or Inf went in
+        for (size_t k = 0; k < block; k += 16) {
+            for (size_t l = 0; l < 16; ++l) {
+                zero[l] += values[i + k + l] - values[i + k + l];
+            }
+        }
+        for (float z : zero) {
+            if (z != 0.0f) {
+                return false;
+            }
+        }
+    }
+    for (; i < n; ++i) {
         if (!std::isfinite(values[i])) {
             return false;
         }

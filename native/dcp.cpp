@@ -488,7 +488,9 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
     const unit_set semantic = !t.keys || !tatcs_on_inputs ? semantic_unit_rows(t) : unit_set{{}, 0};
     const unit_set * whole = t.keys && tatcs_on_inputs ? nullptr : &semantic;
     merged_tokens recovered = anchor_context_recovery(t, p.n_keep, p.options, whole);
-    const kappa_reference input = kappa_reference_of(t.features, t.masses_in, t.n_tokens, t.n_dim);  // once
+    const unit_set feature_rows = t.keys ? feature_unit_rows(t) : unit_set{{}, 0};  // κ's, and TATCS's on inputs
+    const unit_set & features = t.keys ? feature_rows : semantic;  // without keys, semantic is the features
+    const kappa_reference input = kappa_reference_of(features, t.masses_in);  // once
     const float kappa = kappa_from(input, recovered.features.data(), p.n_keep);
     if (kappa <= std::max(p.options.tau, k_kappa_noise)) {
         emit(t, recovered, out);
@@ -496,8 +498,7 @@ dcp_status prune_dcp(const dcp_tokens & t, const dcp_prune_params & p, dcp_selec
         return DCP_STATUS_OK;
     }
     if (tatcs_on_inputs) {  // TATCS on every input row (the first build's reading)
-        emit(t, t.keys ? text_aware_cluster_selection(t, p.n_keep, p.options, feature_unit_rows(t))
-                       : text_aware_cluster_selection(t, p.n_keep, p.options, semantic), out);
+        emit(t, text_aware_cluster_selection(t, p.n_keep, p.options, features), out);
         out.used_tatcs = true;
         out.kappa = kappa_from(input, out.features, p.n_keep);
         return DCP_STATUS_OK;

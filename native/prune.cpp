@@ -258,24 +258,34 @@ dcp_status check_inputs(const dcp_tokens * t, const dcp_prune_params & params,
 
 } // namespace
 
-kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim) {
-    kappa_reference ref{exact_unit_rows(a, n_a, n_dim), std::vector<double>(size_t(n_a), 1.0), 0.0};
-    for (int32_t i = 0; i < n_a; ++i) {
+kappa_reference kappa_reference_of(const unit_set & unit_a, const float * masses_a) {
+    const size_t n_a = unit_a.data.size() / unit_a.n_cols;
+    kappa_reference ref{unit_a, std::vector<double>(n_a, 1.0), 0.0};
+    for (size_t i = 0; i < n_a; ++i) {
         if (masses_a) {
-            ref.masses[size_t(i)] = masses_a[i];
+            ref.masses[i] = masses_a[i];
         }
-        ref.total += ref.masses[size_t(i)];
+        ref.total += ref.masses[i];
     }
     return ref;
 }
 
 float kappa_from(const kappa_reference & ref, const float * b, int32_t n_b) {
     const unit_set unit_b = exact_unit_rows(b, n_b, int32_t(ref.unit.n_cols));
-    std::vector<double> cosine(static_cast<size_t>(n_b));
+    constexpr size_t block = 4;  // input rows against every row of b at a time (cosines_tile)
+    std::vector<double> cosine(block * size_t(n_b));  // (block, n_b) scratch
     double covered = 0.0;  // Σ m_i · (best cosine of row i to b), in row order
-    for (size_t i = 0; i < ref.masses.size(); ++i) {
-        cosines_with(ref.unit.row(int32_t(i)), unit_b, nullptr, size_t(n_b), cosine.data());
-        covered += ref.masses[i] * *std::max_element(cosine.begin(), cosine.end());
+    for (size_t i = 0; i < ref.masses.size(); i += block) {
+        const size_t n_rows = std::min(block, ref.masses.size() - i);
+        const float * rows[block];
+        for (size_t q = 0; q < n_rows; ++q) {
+            rows[q] = ref.unit.row(int32_t(i + q));
+        }
+        cosines_tile(rows, n_rows, unit_b, nullptr, size_t(n_b), cosine.data());
+        for (size_t q = 0; q < n_rows; ++q) {
+            const double * s = cosine.data() + q * size_t(n_b);
+            covered += ref.masses[i + q] * *std::max_element(s, s + n_b);
+        }
     }
     return float(std::max(0.0, 1.0 - covered / ref.total));
 }
@@ -287,7 +297,8 @@ float kappa_from(const kappa_reference & ref, const float * b, int32_t n_b) {
 using namespace dcp;
 
 float dcp_kappa(const float * a, const float * masses_a, int32_t n_a, const float * b, int32_t n_b, int32_t n_dim) {
-    return kappa_from(kappa_reference_of(a, masses_a, n_a, n_dim), b, n_b);
+    const unit_set unit_a = exact_unit_rows(a, n_a, n_dim);
+    return kappa_from(kappa_reference_of(unit_a, masses_a), b, n_b);
 }
 
 dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_selection * out) {
@@ -299,8 +310,8 @@ dcp_status dcp_prune(const dcp_tokens * tokens, dcp_prune_params params, dcp_sel
     out->kappa = std::numeric_limits<float>::quiet_NaN();  // a method may write it (dcp does, from its own reference)
     status = method_function(params.method)(*tokens, params, *out);
     if (status == DCP_STATUS_OK && std::isnan(out->kappa)) {
-        out->kappa = kappa_from(kappa_reference_of(tokens->features, tokens->masses_in, tokens->n_tokens, tokens->n_dim),
-                                out->features, params.n_keep);
+        out->kappa = dcp_kappa(tokens->features, tokens->masses_in, tokens->n_tokens, out->features, params.n_keep,
+                               tokens->n_dim);
     }
     return status;
 }

@@ -232,11 +232,12 @@ index_list top_k(const float * score, int32_t n, int32_t k);
 // ---- κ (dcp_kappa in prune.h) in two steps, so a method that needs κ twice prepares its input once ----
 
 struct kappa_reference {
-    unit_set            unit;    // (n_a, n_dim) the reference set a at unit length
+    const unit_set &    unit;    // (n_a, n_dim) the reference set a at unit length (the caller keeps it alive:
+                                 // a method that has the input's unit rows already shares them)
     std::vector<double> masses;  // (n_a,) its masses (1 when not given)
     double              total;   // Σ masses, summed in row order
 };
-kappa_reference kappa_reference_of(const float * a, const float * masses_a, int32_t n_a, int32_t n_dim);
+kappa_reference kappa_reference_of(const unit_set & unit_a, const float * masses_a);
 // dcp_kappa(a, b) bit for bit, from a's reference.
 float kappa_from(const kappa_reference & ref, const float * b, int32_t n_b);
 

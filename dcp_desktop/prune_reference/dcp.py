@@ -28,10 +28,15 @@ table; "points" are accuracy points at 16 / 32 tokens against the first build's 
   that helps a little, but not by finding what the question asks about (it acts through the
   re-selection mix). Re-selecting by [CLS] attention instead (tatcs_reselect_by = 1): +0.5 / +1.5 points
   over text-free (p 0.83 / 0.24), not a win, so 0.
-- κ and τ: at 16 and 32 tokens κ after ACGR is above τ = 0.2 on every validation image (its minimum is
-  0.68 / 0.50), and TATCS beat ACGR's tokens on 62 images against 1 (16) and 41 against 10 (32): no τ
-  does better than always re-selecting, so ACGR never shapes the answer at these budgets. κ's
-  within-cell Spearman with ACGR's accuracy loss is 0.20 / 0.45 (with masses; without them about 0).
+- κ is coverage (common.kappa: 1 − the mass-weighted mean best cosine of the input rows to the kept
+  ones). Demo v3, validation (kappa_gate, 100 images): its Spearman with ACGR's per-image accuracy loss
+  is +0.36 / +0.41 (+0.15 at 64), against −0.02 / +0.13 for the first form, mean shift + spread
+  (difference +0.38 [+0.11, +0.62] / +0.28 [+0.11, +0.44]); within each method × budget, median +0.18
+  against −0.04. The first form was above any useful τ on every image at 16 and 32 tokens, so ACGR
+  never shaped an answer there.
+- τ = 0.04, the one τ with the best mean gated accuracy over 16, 32 and 64 tokens on validation: ACGR's
+  tokens stay on 12 / 27 / 60 of 100 images (those they already cover), +0.7 points over always
+  re-selecting (p 0.057; TATCS's tokens beat ACGR's on most images: 41 against 9 at 16 tokens).
 - ACGR's anchors keep at least half of their own feature (acgr_self_share = 0.5; with 0, -1.5 points
   at 32 tokens under anchor-TATCS, p 0.42), and a link needs a positive cosine (acgr_min_similarity = 0:
   no link on proximity alone; the same answers as -1 on the demo model, whose features have no negative

@@ -38,7 +38,7 @@ NOTES = """Knobs: BTP's stage layers by its own criterion (calibration section),
 PyramidDrop's stage layers on the validation split; DCP-Prune, DivPrune, CDPruner and VisionZip keep their
 defaults (calibrated earlier with `python -m dcp_desktop.eval.calibrate`). Pre-LLM methods' rows carry the mass
 bias. Prefill ms of the pre-LLM methods include the PyTorch engine's one K-shift per kept row (most of it at 128
-tokens): compare FLOPs. For a new model (the demo model will be replaced by demo v3) re-run the command with
+tokens): compare FLOPs. For a new model re-run the command with
 `--model`: every in-LLM choice is made again on validation."""
 
 

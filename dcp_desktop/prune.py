@@ -79,7 +79,7 @@ class Selection:
     indices: np.ndarray   # (K,) int32: the patch each token sits on, raster order, ascending
     features: np.ndarray  # (K, D) float32
     masses: np.ndarray    # (K,) float32: how many original patches each token stands for
-    kappa: float          # κ: distribution shift from the input tokens to these (0 = none)
+    kappa: float          # κ: the share of the input these leave uncovered (0 = none)
     used_tatcs: bool      # dcp: κ after ACGR exceeded tau, so TATCS re-selected the tokens
     assignment: np.ndarray  # (N,) int32: per input token, the output token (index into the K) it
                             # ended up in, -1 if dropped (merging methods map merged rows too)

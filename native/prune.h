@@ -37,7 +37,7 @@
 //              row to the anchor with its largest edge weight w_ca (ties: the lower anchor row),
 //              a row with no counted link -1. tatcs: every row maps to its cluster's token. dcp:
 //              as the stage it returned (acgr or tatcs).
-//   kappa      κ, the distribution shift from the input set to the output set (dcp_kappa), for
+//   kappa      κ, the share of the input set the output set leaves uncovered (dcp_kappa), for
 //              every method, so methods can be compared.
 //
 // Thread safety: dcp_prune keeps no global state; concurrent calls on distinct output

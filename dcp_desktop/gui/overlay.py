@@ -37,7 +37,7 @@ class Overlay:
 
     indices: tuple[int, ...]  # (K,) kept grid patches, ascending
     masses: tuple[float, ...]  # (K,) original patches each kept token stands for
-    kappa: float | None  # distribution shift from all patches to the kept ones
+    kappa: float | None  # κ: the share of the patches the kept ones leave uncovered
     n_full: int  # patches on the grid (576)
     background: tuple[int, int, int]  # the padding colour the model saw
     assignment: tuple[int, ...] | None = None  # (n_full,) kept token of each patch, -1 dropped
